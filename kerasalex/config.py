@@ -1,0 +1,175 @@
+"""The run configuration and the named recipes.
+
+One frozen dataclass flows CLI -> :func:`kerasalex.training.train` and is
+written as ``config.json`` beside the run's outputs. Options left unset on the
+command line (``None``) keep the recipe's value, and the recipe's value keeps
+the dataclass default, so ``--recipe study --epochs 5`` is the study with five
+epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+JIT_MODES = ("auto", "on", "off")
+DISTRIBUTE_MODES = ("none", "mirrored", "multi-worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run. Field docs are the CLI's ``--help``."""
+
+    arch: str = "alexnet"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    recipe: str = "default"
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    schedule: str = "cosine"
+    warmup_epochs: float = 2.0
+    augment: bool = True
+    dropout: float = 0.5
+    val_split: float = 0.1
+    limit: int | None = None
+    image_size: int | None = None
+    seed: int = 0
+    precision: str = "auto"
+    jit_compile: str = "auto"
+    steps_per_execution: int = 1
+    # Pretrained / transfer architectures.
+    weights: str | None = None
+    base_weights: str | None = None
+    freeze_base: bool | None = None
+    fine_tune_epochs: int = 0
+    unfreeze_from: str | None = None
+    fine_tune_lr: float | None = None
+    # Several devices / machines.
+    distribute: str = "none"
+    # Where things go.
+    run_dir: str | None = None
+    output: str | None = None
+    save_dir: str = "saved_models"
+
+    def __post_init__(self):
+        def bad(field, expected):
+            raise ValueError(f"{field} must be {expected}. Received: {field}={getattr(self, field)!r}")
+
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"one of {SCHEDULES}")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"one of {PRECISIONS}")
+        if self.jit_compile not in JIT_MODES:
+            bad("jit_compile", f"one of {JIT_MODES}")
+        if self.distribute not in DISTRIBUTE_MODES:
+            bad("distribute", f"one of {DISTRIBUTE_MODES}")
+        if int(self.epochs) < 1:
+            bad("epochs", "at least 1")
+        if int(self.batch_size) < 1:
+            bad("batch_size", "at least 1")
+        if not float(self.lr) > 0:
+            bad("lr", "positive")
+        if not 0.0 <= float(self.val_split) < 1.0:
+            bad("val_split", "in [0, 1)")
+        if not 0.0 <= float(self.label_smoothing) < 1.0:
+            bad("label_smoothing", "in [0, 1)")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            bad("dropout", "in [0, 1)")
+        if self.limit is not None and int(self.limit) < 2:
+            bad("limit", "at least 2")
+        if self.fine_tune_epochs < 0:
+            bad("fine_tune_epochs", "0 or more")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# A recipe is a set of field values per architecture ("*" applies to all).
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    # The study, exactly: SGD 0.001 momentum 0.9, batch 30, no augmentation,
+    # no dropout, constant learning rate, float32.
+    "study": {
+        "*": dict(
+            optimizer="sgd", lr=0.001, momentum=0.9, nesterov=False, weight_decay=0.0,
+            label_smoothing=0.0, schedule="constant", warmup_epochs=0.0, augment=False,
+            batch_size=30, epochs=20, precision="float32", dropout=0.0,
+        ),
+        # torchvision's AlexNet keeps its two Dropout(0.5) layers in train mode.
+        "alexnet-torch": dict(dropout=0.5, freeze_base=False),
+        "vgg16": dict(epochs=10, freeze_base=True, fine_tune_epochs=0),
+    },
+    # Ours. For the scratch AlexNet (no batch norm): SGD + Nesterov with a
+    # linear warm-up and cosine decay, flip + translate augmentation, dropout
+    # 0.5 in the classifier, label smoothing 0.1, weight decay 5e-4, batch 128.
+    "default": {
+        "*": dict(),
+    },
+}
+
+
+def recipe_values(recipe: str, arch: str) -> dict[str, Any]:
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of: {', '.join(RECIPES)}")
+    values = dict(RECIPES[recipe].get("*", {}))
+    values.update(RECIPES[recipe].get(arch, {}))
+    return values
+
+
+def resolve_config(
+    arch: str = "alexnet",
+    recipe: str = "default",
+    hparams: dict[str, Any] | None = None,
+    **options: Any,
+) -> TrainConfig:
+    """Builds the run configuration: dataclass defaults < recipe < hparams < options.
+
+    ``None`` options are "not given" and do not override anything.
+    """
+    values: dict[str, Any] = {"arch": arch, "recipe": recipe}
+    values.update(recipe_values(recipe, arch))
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if hparams:
+        unknown = sorted(set(hparams) - names)
+        if unknown:
+            raise ValueError(f"unknown hyperparameters {unknown}; expected names among the train options")
+        values.update(hparams)
+    values.update({k: v for k, v in options.items() if v is not None})
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown options {unknown}")
+    return TrainConfig(**values)
+
+
+def load_hparams(path: str | Path) -> dict[str, Any]:
+    """Reads a ``best_hparams.json`` (a flat JSON object of train option values)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"hyperparameter file not found: {path}") from None
+    except ValueError as exc:
+        raise ValueError(f"hyperparameter file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"hyperparameter file {path} must hold a JSON object of option values")
+    return data.get("hparams", data) if isinstance(data.get("hparams"), dict) else data
