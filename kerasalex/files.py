@@ -27,6 +27,12 @@ class ModelFileError(ValueError):
     """A model file that cannot or must not be loaded."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _raise_disk_full(exc: OSError, path: Path) -> None:
     if exc.errno in _DISK_FULL:
         raise DiskFullError(
@@ -68,6 +74,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -127,6 +134,21 @@ def save_model(model, path: str | os.PathLike) -> Path:
     else:
         raise ValueError(f"model path must end in .keras or .weights.h5. Received: {path}")
     return path
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Publishes ``src`` at ``dst`` atomically (a hard link when possible: our
+    files are only ever replaced, never modified in place)."""
+    import shutil
+
+    dst = Path(dst)
+    with atomic_path(dst, suffix=Path(src).suffix) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return dst
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:

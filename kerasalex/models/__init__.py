@@ -29,6 +29,7 @@ class Architecture:
         image_size: the size images are fed at by default (folder images are
             resized to it on the host; the model may resize further inside).
         min_image_size: the smallest input side the builder accepts.
+        fit: optional custom training loop (see :meth:`fit_fn`).
     """
 
     name: str
@@ -36,6 +37,16 @@ class Architecture:
     description: str
     image_size: int = 32
     min_image_size: int = 16
+    fit: str | None = None
+
+    def fit_fn(self) -> Callable[..., Any] | None:
+        """The architecture's own training loop (``"module:function"``), if it
+        has one, called as ``fit(model, config, data, callbacks, verbose,
+        initial_epoch) -> model``; None means :func:`kerasalex.training.fit_standard`."""
+        if self.fit is None:
+            return None
+        module, func = self.fit.split(":")
+        return getattr(importlib.import_module(module), func)
 
     def builder_fn(self) -> Callable[..., Any]:
         module, func = self.builder.split(":")

@@ -1,0 +1,247 @@
+"""What Keras lacks: per-epoch history with timings written atomically, a
+kill-safe checkpoint, resume state including the RNG state Keras does not
+save, a divergence stop that raises, and a graceful SIGTERM/SIGINT stop.
+
+Constructors only store arguments; files are opened/written in the hooks
+(the shape of keras's CSVLogger).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kerasalex import files
+
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM / SIGINT arrived; training stopped at a batch boundary."""
+
+
+def current_learning_rate(model) -> float | None:
+    opt = getattr(model, "optimizer", None)
+    if opt is None:
+        return None
+    try:
+        lr = opt.learning_rate
+        if callable(lr) and not hasattr(lr, "numpy"):
+            lr = lr(opt.iterations)
+        return float(keras.ops.convert_to_numpy(lr))
+    except Exception:
+        return None
+
+
+class EpochHistory(keras.callbacks.Callback):
+    """Appends one row per epoch (metrics, learning rate, epoch seconds,
+    images/second) and rewrites ``history.json``, ``history.csv`` and
+    ``learning_curves.png`` atomically after every epoch.
+
+    Args:
+        run_dir: the run folder.
+        images_per_epoch: training images per epoch (for images/second).
+        history: rows already recorded (a resumed run continues them).
+        plot: also redraw the learning curves each epoch.
+    """
+
+    def __init__(self, run_dir, images_per_epoch: int, history: list[dict] | None = None, plot: bool = True, title: str = ""):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.images_per_epoch = images_per_epoch
+        self.rows = list(history or [])
+        self.plot = plot
+        self.title = title
+        self._t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+        self._lr = current_learning_rate(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - (self._t0 or time.perf_counter())
+        logs = dict(logs or {})
+        row = {"epoch": epoch + 1}
+        for k, v in logs.items():
+            if k == "learning_rate":
+                continue
+            try:
+                row[k] = float(v)
+            except (TypeError, ValueError):
+                pass
+        row["learning_rate"] = self._lr
+        row["epoch_seconds"] = round(seconds, 3)
+        row["images_per_second"] = round(self.images_per_epoch / seconds, 1) if seconds > 0 else None
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        write_history(self.run_dir, self.rows)
+        if self.plot:
+            try:
+                from kerasalex.reports import plot_learning_curves
+
+                plot_learning_curves(self.rows, self.run_dir / "learning_curves.png", self.title)
+            except files.DiskFullError:
+                raise
+            except Exception as exc:  # a plot must never kill a training run
+                print(f"warning: could not draw learning curves: {exc}")
+
+
+def write_history(run_dir: Path, rows: list[dict]) -> None:
+    run_dir = Path(run_dir)
+    files.atomic_write_json(run_dir / "history.json", rows)
+    keys = list(HISTORY_KEYS) + sorted({k for r in rows for k in r} - set(HISTORY_KEYS))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    files.atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    p = Path(run_dir) / "history.json"
+    if not p.exists():
+        return []
+    return json.loads(p.read_text())
+
+
+def seed_states(model) -> dict[str, list[int]]:
+    """The SeedGenerator states (dropout, augmentation), which Keras does not save."""
+    return {
+        v.path: np.asarray(v.numpy()).tolist()
+        for v in model.variables
+        if "seed_generator_state" in v.path
+    }
+
+
+def restore_seed_states(model, states: dict[str, list[int]]) -> None:
+    by_path = {v.path: v for v in model.variables if "seed_generator_state" in v.path}
+    if set(by_path) != set(states):
+        # Paths differ when the loading process numbered layers differently:
+        # fall back to order, which is the build order in both processes.
+        for v, value in zip(by_path.values(), states.values()):
+            v.assign(np.asarray(value, dtype=v.dtype))
+        return
+    for path, value in states.items():
+        by_path[path].assign(np.asarray(value, dtype=by_path[path].dtype))
+
+
+class ResumeState(keras.callbacks.Callback):
+    """After every epoch, saves what an exact resume needs into ``resume/``:
+    the full model with its optimizer state (``last.keras``) and
+    ``state.json`` (finished epochs, SeedGenerator states). Both atomically;
+    ``state.json`` is written last and names the model file it belongs to.
+    """
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.dir = Path(run_dir) / "resume"
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_resume_state(self.model, self.dir, epoch + 1)
+
+
+def save_resume_state(model, folder: Path, epochs_done: int) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"epoch{epochs_done:04d}.keras"
+    files.save_model(model, folder / name)
+    files.atomic_write_json(
+        folder / "state.json",
+        {"epochs_done": epochs_done, "model": name, "seed_states": seed_states(model), "time": time.time()},
+    )
+    for old in folder.glob("epoch*.keras"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def load_resume_state(run_dir: Path) -> dict | None:
+    p = Path(run_dir) / "resume" / "state.json"
+    if not p.exists():
+        return None
+    try:
+        state = json.loads(p.read_text())
+    except ValueError:
+        raise ValueError(f"resume state {p} is corrupt; delete the run folder's resume/ to start over") from None
+    state["model_path"] = str(p.parent / state["model"])
+    return state
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the best model so far (by ``monitor``) as ``best.keras``, atomically."""
+
+    def __init__(self, path, monitor: str = "val_accuracy", mode: str = "max", best: float | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = mode
+        self.best = best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better and math.isfinite(value):
+            self.best = value
+            files.save_model(self.model, self.path)
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raises :class:`TrainingDiverged` at the first batch whose loss is NaN/inf,
+    before any epoch-end callback can save the broken weights."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(f"loss became {float(loss)} at batch {batch + 1}")
+
+
+class GracefulStop(keras.callbacks.Callback):
+    """On SIGTERM/SIGINT, raises :class:`TrainingInterrupted` at the next batch
+    boundary (or immediately for a second signal). The resume state of the last
+    finished epoch is untouched, so ``--resume`` continues from it."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        super().__init__()
+        self.signals = signals
+        self.received: int | None = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.received is not None:
+            raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name}")
+        self.received = signum
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def uninstall(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+    def _check(self, *args, **kwargs):
+        if self.received is not None:
+            raise TrainingInterrupted(f"stopped by signal {signal.Signals(self.received).name}")
+
+    on_train_batch_end = _check
+    on_test_batch_end = _check
+    on_epoch_begin = _check
+    on_epoch_end = _check

@@ -1,0 +1,411 @@
+"""compile + fit, callbacks, the run folder, resume.
+
+``train(config)`` is the one entry point: it resolves the device and
+precision, loads the data, builds (or, resuming, reloads) the model, trains
+with the callbacks that keep history and resume state, and writes the final
+``.keras`` atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from kerasalex import files
+from kerasalex.config import TrainConfig
+
+RUNS_ROOT = "runs"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    history: list[dict]
+    config: TrainConfig
+    summary: dict
+
+
+# --------------------------------------------------------------------------
+# Device and precision
+# --------------------------------------------------------------------------
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def gpu_devices() -> list:
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+def describe_device() -> dict[str, Any]:
+    import tensorflow as tf
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": [],
+    }
+    for g in gpu_devices():
+        try:
+            d = tf.config.experimental.get_device_details(g)
+        except Exception:
+            d = {}
+        info["gpus"].append({"name": d.get("device_name", g.name), "compute_capability": d.get("compute_capability")})
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> the mixed policy the device runs fastest, from our measurements:
+    bfloat16 on Ampere/Hopper GPUs (compute capability >= 8), float16 on older
+    GPUs, bfloat16 on CPUs with AVX512_BF16/AMX (about 2x float32 here), else
+    float32."""
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    gpus = gpu_devices()
+    if gpus:
+        try:
+            cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+        except Exception:
+            cc = (0, 0)
+        return "mixed_bfloat16" if cc[0] >= 8 else "mixed_float16"
+    flags = cpu_flags()
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def resolve_jit(jit: str) -> bool | str:
+    # "auto" lets Keras decide (XLA where every layer supports it).
+    return {"on": True, "off": False}.get(jit, "auto")
+
+
+def set_precision(policy: str) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy)
+
+
+# --------------------------------------------------------------------------
+# Optimizer, loss
+# --------------------------------------------------------------------------
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_epochs: int | None = None, lr: float | None = None):
+    import keras
+
+    lr = float(lr if lr is not None else config.lr)
+    total = max(1, steps_per_epoch * int(total_epochs or config.epochs))
+    schedule: Any = lr
+    if config.schedule == "cosine":
+        warmup = int(round(config.warmup_epochs * steps_per_epoch))
+        warmup = min(warmup, total - 1)
+        if warmup > 0:
+            schedule = keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=lr / 100.0, decay_steps=max(1, total - warmup), alpha=0.0,
+                warmup_target=lr, warmup_steps=warmup,
+            )
+        else:
+            schedule = keras.optimizers.schedules.CosineDecay(initial_learning_rate=lr, decay_steps=total, alpha=0.0)
+    wd = float(config.weight_decay) or None
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=config.nesterov, weight_decay=wd)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(schedule, weight_decay=wd)
+    return keras.optimizers.AdamW(schedule, weight_decay=wd if wd is not None else 0.004)
+
+
+def compile_model(model, config: TrainConfig, steps_per_epoch: int, total_epochs: int | None = None, lr: float | None = None):
+    import keras
+
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch, total_epochs, lr),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=resolve_jit(config.jit_compile),
+        steps_per_execution=int(config.steps_per_execution),
+    )
+    return model
+
+
+# --------------------------------------------------------------------------
+# Run folder
+# --------------------------------------------------------------------------
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    from kerasalex.data import dataset_name
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(RUNS_ROOT) / f"{config.arch}-{dataset_name(config.dataset)}-{stamp}"
+
+
+def latest_unfinished_run(root: str | Path = RUNS_ROOT) -> Path | None:
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    cands = [
+        p for p in root.iterdir()
+        if (p / "config.json").exists() and (p / "resume" / "state.json").exists() and not (p / "summary.json").exists()
+    ]
+    return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("kerasalex", "tensorflow", "keras", "keras-tuner", "numpy", "scikit-learn", "torch"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_run_config(run_dir: Path, config: TrainConfig, extra: dict[str, Any]) -> None:
+    files.atomic_write_json(
+        run_dir / "config.json",
+        {"config": config.to_dict(), **extra, "versions": library_versions(), "device": describe_device()},
+    )
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    p = Path(run_dir) / "config.json"
+    if not p.exists():
+        raise ValueError(f"not a kerasalex run folder (no config.json): {run_dir}")
+    try:
+        return json.loads(p.read_text())
+    except ValueError:
+        raise ValueError(f"run config {p} is corrupt (not JSON)") from None
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+
+
+def fit_standard(model, config: TrainConfig, data, callbacks, verbose, initial_epoch: int):
+    """The plain loop: ``model.fit`` over the (seed, epoch)-ordered stream."""
+    from kerasalex.data import eval_dataset, train_stream
+
+    if initial_epoch >= config.epochs:
+        return model
+    ds, steps = train_stream(data.train, config.batch_size, data.num_classes, config.seed, initial_epoch, config.epochs)
+    val = eval_dataset(data.val, config.batch_size, data.num_classes) if data.val is not None else None
+    model.fit(ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+              validation_data=val, callbacks=callbacks, verbose=verbose, shuffle=False)
+    return model
+
+
+def _say(msg: str) -> None:
+    print(f"[kerasalex] {msg}", flush=True)
+
+
+def _prepare_data(config: TrainConfig):
+    from kerasalex import data as D
+    from kerasalex.models import get_architecture
+
+    arch = get_architecture(config.arch)
+    size = config.image_size or arch.image_size
+    if size < arch.min_image_size:
+        raise ValueError(f"--image-size {size} is too small for {config.arch} (at least {arch.min_image_size})")
+    ds = D.load_data(config.dataset, config.data_dir, image_size=size)
+    ds = D.carve_validation(ds, config.val_split, config.limit)
+    return ds
+
+
+def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto") -> TrainResult:
+    """Trains ``config.arch`` on ``config.dataset`` into a run folder.
+
+    Args:
+        config: the resolved configuration (see :func:`kerasalex.config.resolve_config`).
+        resume: continue the run in ``config.run_dir`` (or the newest unfinished
+            run under ``runs/``) from its last finished epoch.
+        verbose: Keras ``fit`` verbosity; "auto" shows the progress bar on a
+            terminal and one line per epoch otherwise.
+
+    Returns:
+        A :class:`TrainResult` with the run folder, the final model path and the history.
+
+    Raises:
+        ValueError: bad options or data (one line, for the CLI).
+        TrainingDiverged / TrainingInterrupted: see :mod:`kerasalex.callbacks`.
+    """
+    import sys
+
+    import keras
+    import numpy as np
+
+    from kerasalex import callbacks as C
+    from kerasalex.models import get_architecture
+
+    # --- where ----------------------------------------------------------
+    state = None
+    if resume:
+        run_dir = Path(config.run_dir) if config.run_dir else latest_unfinished_run()
+        if run_dir is None:
+            raise ValueError("--resume: no unfinished run found under runs/; pass --run-dir RUN_FOLDER")
+        saved = read_run_config(run_dir)
+        # The run's own configuration wins; only where outputs go may change.
+        config = TrainConfig.from_dict({**saved["config"], "run_dir": str(run_dir)})
+        state = C.load_resume_state(run_dir)
+        if (run_dir / "summary.json").exists():
+            raise ValueError(f"run {run_dir} already finished; its model is {json.loads((run_dir / 'summary.json').read_text()).get('model')}")
+        _say(f"resuming {run_dir} after epoch {state['epochs_done'] if state else 0}")
+    else:
+        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+        if (run_dir / "config.json").exists():
+            raise ValueError(f"run folder {run_dir} already holds a run; use --resume to continue it or pick another --run-dir")
+        config = config.replace(run_dir=str(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files.remove_stale_temps(run_dir)
+    files.remove_stale_temps(run_dir / "resume")
+
+    # --- how ------------------------------------------------------------
+    precision = resolve_precision(config.precision)
+    set_precision(precision)
+    keras.utils.set_random_seed(config.seed)
+    arch = get_architecture(config.arch)
+
+    # --- data -----------------------------------------------------------
+    t0 = time.perf_counter()
+    data = _prepare_data(config)
+    n_train = len(data.train)
+    steps = max(1, -(-n_train // config.batch_size))
+    _say(
+        f"{data.name}: {n_train} training / {len(data.val) if data.val is not None else 0} validation images "
+        f"{data.image_shape}, {data.num_classes} classes (loaded in {time.perf_counter() - t0:.1f}s)"
+    )
+    if data.skipped:
+        _say(f"skipped {len(data.skipped)} corrupt image file(s); see the warning above")
+
+    if config.fine_tune_epochs and arch.fit is None:
+        raise ValueError(f"--fine-tune-epochs applies to transfer architectures (vgg16), not {config.arch}")
+
+    # --- model ----------------------------------------------------------
+    if state is not None:
+        model = files.load_model(state["model_path"], compile=True)
+        C.restore_seed_states(model, state["seed_states"])
+        initial_epoch = int(state["epochs_done"])
+        from kerasalex.models import get_class_names
+
+        if get_class_names(model) != data.class_names:
+            raise ValueError(f"resume state's classes {get_class_names(model)} differ from the data's {data.class_names}")
+    else:
+        if config.arch == "alexnet-torch" and not config.weights:
+            _say("alexnet-torch without --weights: training from random initialization (no ImageNet weights)")
+        model = arch.build(
+            num_classes=data.num_classes,
+            input_shape=data.image_shape,
+            class_names=data.class_names,
+            augment=config.augment,
+            dropout=config.dropout,
+            seed=config.seed,
+            weights=config.weights,
+            base_weights=config.base_weights,
+            freeze_base=config.freeze_base,
+        )
+        compile_model(model, config, steps, total_epochs=config.epochs)
+        initial_epoch = 0
+
+    write_run_config(
+        run_dir, config,
+        {
+            "resolved": {"precision": precision, "steps_per_epoch": steps, "train_images": n_train,
+                         "val_images": len(data.val) if data.val is not None else 0,
+                         "class_names": data.class_names, "image_shape": list(data.image_shape),
+                         "skipped_files": data.skipped, "parameters": int(model.count_params()),
+                         "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))},
+        },
+    )
+    if not resume:
+        _say(f"run folder: {run_dir}  ({config.arch}, {model.count_params():,} parameters, precision {precision})")
+
+    history = C.read_history(run_dir) if state is not None else []
+    history = [r for r in history if r["epoch"] <= initial_epoch]
+    best = max((r.get("val_accuracy", -1) for r in history), default=None) if history else None
+
+    stop = C.GracefulStop().install()
+    cbs = [
+        C.StopOnDivergence(),
+        C.EpochHistory(run_dir, n_train, history, title=f"{config.arch} on {data.name}"),
+        C.ResumeState(run_dir),
+        C.BestCheckpoint(run_dir / "best.keras", best=best) if data.val is not None else None,
+        stop,
+    ]
+    cbs = [c for c in cbs if c is not None]
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    fit_t0 = time.perf_counter()
+    try:
+        fit = arch.fit_fn() or fit_standard
+        model = fit(model, config, data, cbs, verbose, initial_epoch) or model
+    except C.TrainingDiverged as exc:
+        raise C.TrainingDiverged(
+            f"training diverged ({exc}); lower --lr. The last good model and resume state in {run_dir} are unchanged"
+        ) from None
+    except (C.TrainingInterrupted, KeyboardInterrupt) as exc:
+        done = (C.load_resume_state(run_dir) or {}).get("epochs_done", 0)
+        raise C.TrainingInterrupted(
+            f"{exc or 'interrupted'}; {done} epoch(s) finished and saved. Resume with: kerasalex train --resume --run-dir {run_dir}"
+        ) from None
+    finally:
+        stop.uninstall()
+    fit_seconds = time.perf_counter() - fit_t0
+
+    # --- outputs --------------------------------------------------------
+    history = C.read_history(run_dir)
+    files.save_model(model, run_dir / "model.keras")
+    if config.output:
+        out = Path(config.output)
+    else:
+        out = Path(config.save_dir) / f"{run_dir.name}.keras"
+    files.copy_file(run_dir / "model.keras", out)
+    train_seconds = sum(r.get("epoch_seconds", 0) for r in history)
+    summary = {
+        "arch": config.arch,
+        "dataset": data.name,
+        "run_dir": str(run_dir),
+        "model": str(out),
+        "run_model": str(run_dir / "model.keras"),
+        "best_model": str(run_dir / "best.keras") if (run_dir / "best.keras").exists() else None,
+        "epochs": len(history),
+        "train_seconds": round(train_seconds, 2),
+        "fit_seconds_this_session": round(fit_seconds, 2),
+        "final": history[-1] if history else {},
+        "best_val_accuracy": max((r.get("val_accuracy") or 0 for r in history), default=None),
+        "mean_images_per_second": round(float(np.mean([r["images_per_second"] for r in history if r.get("images_per_second")])), 1) if history else None,
+        "parameters": int(model.count_params()),
+        "precision": precision,
+    }
+    files.atomic_write_json(run_dir / "summary.json", summary)
+    shutil.rmtree(run_dir / "resume", ignore_errors=True)
+    _say(f"saved {out} (and {run_dir / 'model.keras'}); history in {run_dir / 'history.csv'}")
+    return TrainResult(run_dir, out, history, config, summary)
