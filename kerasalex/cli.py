@@ -18,6 +18,7 @@ COMMANDS = {
     "evaluate": "kerasalex.commands.evaluate:evaluate",
     "predict": "kerasalex.commands.evaluate:predict",
     "models": "kerasalex.commands.evaluate:models_cmd",
+    "port-weights": "kerasalex.commands.port:port_weights",
 }
 
 

@@ -241,6 +241,35 @@ def _prepare_data(config: TrainConfig):
     return ds
 
 
+def _build_or_resume(config: TrainConfig, arch, data, state: dict | None, steps: int):
+    """The model to train and its first epoch: reloaded from the resume state
+    (optimizer and RNG state included), or freshly built and compiled."""
+    from kerasalex import callbacks as C
+    from kerasalex.models import get_class_names
+
+    if state is not None:
+        model = files.load_model(state["model_path"], compile=True)
+        C.restore_seed_states(model, state["seed_states"])
+        if get_class_names(model) != data.class_names:
+            raise ValueError(f"resume state's classes {get_class_names(model)} differ from the data's {data.class_names}")
+        return model, int(state["epochs_done"])
+    if config.arch == "alexnet-torch" and not config.weights:
+        _say("alexnet-torch without --weights: training from random initialization (no ImageNet weights)")
+    model = arch.build(
+        num_classes=data.num_classes,
+        input_shape=data.image_shape,
+        class_names=data.class_names,
+        augment=config.augment,
+        dropout=config.dropout,
+        seed=config.seed,
+        weights=config.weights,
+        base_weights=config.base_weights,
+        freeze_base=config.freeze_base,
+    )
+    compile_model(model, config, steps, total_epochs=config.epochs)
+    return model, 0
+
+
 def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto") -> TrainResult:
     """Trains ``config.arch`` on ``config.dataset`` into a run folder.
 
@@ -284,6 +313,18 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
         if (run_dir / "config.json").exists():
             raise ValueError(f"run folder {run_dir} already holds a run; use --resume to continue it or pick another --run-dir")
         config = config.replace(run_dir=str(run_dir))
+    # A multi-worker strategy must exist before TensorFlow does anything else.
+    from kerasalex.distribute import is_chief, make_strategy
+
+    strategy = make_strategy(config.distribute)
+    chief = is_chief()
+    if not chief:
+        # Every worker saves (collectives need all of them), but only the
+        # chief writes the run folder; the others write into scratch.
+        import tempfile
+
+        run_dir = Path(tempfile.mkdtemp(prefix="kerasalex-worker-"))
+        config = config.replace(output=str(run_dir / "final.keras"))
     run_dir.mkdir(parents=True, exist_ok=True)
     files.remove_stale_temps(run_dir)
     files.remove_stale_temps(run_dir / "resume")
@@ -310,30 +351,8 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
         raise ValueError(f"--fine-tune-epochs applies to transfer architectures (vgg16), not {config.arch}")
 
     # --- model ----------------------------------------------------------
-    if state is not None:
-        model = files.load_model(state["model_path"], compile=True)
-        C.restore_seed_states(model, state["seed_states"])
-        initial_epoch = int(state["epochs_done"])
-        from kerasalex.models import get_class_names
-
-        if get_class_names(model) != data.class_names:
-            raise ValueError(f"resume state's classes {get_class_names(model)} differ from the data's {data.class_names}")
-    else:
-        if config.arch == "alexnet-torch" and not config.weights:
-            _say("alexnet-torch without --weights: training from random initialization (no ImageNet weights)")
-        model = arch.build(
-            num_classes=data.num_classes,
-            input_shape=data.image_shape,
-            class_names=data.class_names,
-            augment=config.augment,
-            dropout=config.dropout,
-            seed=config.seed,
-            weights=config.weights,
-            base_weights=config.base_weights,
-            freeze_base=config.freeze_base,
-        )
-        compile_model(model, config, steps, total_epochs=config.epochs)
-        initial_epoch = 0
+    with strategy.scope():
+        model, initial_epoch = _build_or_resume(config, arch, data, state, steps)
 
     write_run_config(
         run_dir, config,
@@ -407,5 +426,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
     }
     files.atomic_write_json(run_dir / "summary.json", summary)
     shutil.rmtree(run_dir / "resume", ignore_errors=True)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
     _say(f"saved {out} (and {run_dir / 'model.keras'}); history in {run_dir / 'history.csv'}")
     return TrainResult(run_dir, out, history, config, summary)
