@@ -7,15 +7,32 @@ loads with ``keras.saving.load_model(path)`` (safe mode on) in any process::
     model = keras.saving.load_model("saved_models/alexnet.keras")
 """
 
+import importlib as _importlib
 import os as _os
+import sys as _sys
 
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
-
-from kerasalex import preprocessing  # noqa: E402,F401  (registers layers)
-from kerasalex import models  # noqa: E402,F401
-
 __all__ = ["models", "preprocessing", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("models", "preprocessing"):
+        return _importlib.import_module(f"kerasalex.{name}")
+    raise AttributeError(f"module 'kerasalex' has no attribute {name!r}")
+
+
+def _started_as_cli() -> bool:
+    argv0 = _os.path.basename(_sys.argv[0]) if _sys.argv else ""
+    return argv0 in ("kerasalex", "-m") or argv0 == "__main__.py" and "kerasalex" in _sys.argv[0]
+
+
+# The command line imports TensorFlow only inside the commands that need it
+# (so `kerasalex --help` is instant); everyone else gets the layers registered
+# on `import kerasalex`.
+if not _started_as_cli():
+    from kerasalex import preprocessing  # noqa: E402,F401  (registers layers)
+    from kerasalex import models  # noqa: E402,F401

@@ -296,7 +296,7 @@ def load_model(path: str | os.PathLike, compile: bool = False):
     """
     import keras
 
-    import kerasalex  # noqa: F401  (registers custom layers)
+    import kerasalex.preprocessing  # noqa: F401  (registers custom layers)
 
     check_model_file(path)
     try:
