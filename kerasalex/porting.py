@@ -202,9 +202,9 @@ def validate_state_dict(state_dict: Mapping[str, np.ndarray], source: str = "sta
     if missing or unexpected or mismatch:
         parts = []
         if missing:
-            parts.append(f"missing keys: {_short_list(missing)}")
+            parts.append(f"missing keys: {_short_list(missing, limit=len(EXPECTED_SHAPES))}")
         if unexpected:
-            parts.append(f"unexpected keys: {_short_list(unexpected)}")
+            parts.append(f"unexpected keys: {_short_list(unexpected, limit=8)}")
         if mismatch:
             parts.append(f"first shape mismatch: {mismatch}")
         hint = ""
