@@ -18,6 +18,8 @@ COMMANDS = {
     "evaluate": "kerasalex.commands.evaluate:evaluate",
     "predict": "kerasalex.commands.evaluate:predict",
     "models": "kerasalex.commands.evaluate:models_cmd",
+    "study": "kerasalex.commands.study:study",
+    "compare": "kerasalex.commands.study:compare",
     "port-weights": "kerasalex.commands.port:port_weights",
 }
 

@@ -52,12 +52,21 @@ def evaluate(
     output_dir: str | os.PathLike | None = None,
     limit: int | None = None,
     grid: int = 24,
+    split: str = "test",
+    val_split: float = 0.1,
 ) -> dict:
     """Evaluates a saved model on a dataset's test split.
 
     Writes ``evaluation.json``, ``classification_report.txt``,
     ``confusion_matrix.png`` and ``test_predictions.png`` into ``output_dir``
     (default: see :func:`default_output_dir`) and returns the report dict.
+
+    Args:
+        split: ``"test"``, or ``"val"``: the held-out validation slice that
+            training carves with ``val_split`` (never trained on), for image
+            folders without a ``test/`` subfolder, whose "test" split is the
+            training images themselves. Recorded as ``split`` in the report.
+        val_split: the run's ``--val-split`` (for ``split="val"``).
     """
     import time
 
@@ -73,9 +82,19 @@ def evaluate(
     h, w, _ = get_image_shape(model)
     data = load_data(dataset, data_dir, image_size=h or 32)
     check_classes(names, data.class_names, model_path, dataset)
-    test = data.test
-    if test is None:
-        raise ValueError(f"dataset {dataset} has no test split (an image folder needs a test/ subfolder)")
+    if split == "val":
+        from kerasalex.data import carve_validation
+
+        test = carve_validation(data, val_split).val
+        if test is None:
+            raise ValueError(f"no held-out validation images in {dataset} with val_split={val_split}")
+    elif split == "test":
+        test = data.test
+        if test is None:
+            raise ValueError(f"dataset {dataset} has no test split (an image folder needs a test/ subfolder)")
+    else:
+        raise ValueError(f"split must be 'test' or 'val'. Received: split={split!r}")
+    split_label = "test" if split == "test" else "held-out validation"
     x, y = test.x, test.y
     if limit is not None and limit < len(y):
         x, y = x[:limit], y[:limit]
@@ -95,6 +114,7 @@ def evaluate(
     result = {
         "model": str(model_path),
         "dataset": data.name,
+        "split": split,
         "test_images": int(len(y)),
         "test_loss": loss,
         "test_accuracy": acc,
@@ -108,7 +128,8 @@ def evaluate(
     files.atomic_write_json(out / "evaluation.json", result)
     files.atomic_write_text(out / "classification_report.txt", report_txt)
     plot_confusion_matrix(cm, names, out / "confusion_matrix.png",
-                          title=f"{model_path.name} on {data.name} test (accuracy {acc:.2%})")
+                          title=f"{model_path.parent.name if model_path.name == 'model.keras' else model_path.name} "
+                          f"on {data.name} {split_label} (accuracy {acc:.2%})")
     if grid:
         rng = np.random.default_rng(0)
         idx = np.sort(rng.choice(len(y), size=min(grid, len(y)), replace=False))

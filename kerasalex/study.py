@@ -1,0 +1,414 @@
+"""The whole study in one call: train the study's models with one recipe,
+evaluate each, compare them side by side, and write ``REPORT.md``.
+
+A study folder (``studies/<dataset>-<recipe>/`` or ``output_dir``) holds::
+
+    study.json            settings and each model's state, rewritten atomically
+    runs/<arch>/          one run folder per model (training + evaluation)
+    models/<arch>.keras   each trained model
+    comparison.md/.csv    the table; loss_curves.png; per_class_f1.md/.csv
+    REPORT.md             the table and the figures, for people
+
+Running the same study again keeps the finished models, resumes the one that
+was interrupted from its last finished epoch, and redoes the comparison.
+
+Example:
+    >>> result = run_study(dataset="digits", epochs=1, limit=150, models=["alexnet"])
+    >>> print(result["table_md"])
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shlex
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from kerasalex import files
+
+STUDY_MODELS = ("alexnet", "alexnet-torch", "vgg16")
+DESCRIPTIONS = {
+    "alexnet": "AlexNet from scratch (the study's 32x32 AlexNet)",
+    "alexnet-torch": "torchvision AlexNet with ImageNet weights, fine-tuned",
+    "vgg16": "VGG16 transfer: ImageNet base + the study's dense head",
+}
+STATE_FILE = "study.json"
+# Options that must be the same to continue a study folder: changing any of
+# them would make its models incomparable.
+PINNED = ("recipe", "dataset", "data_dir", "epochs", "limit", "image_size", "batch_size", "precision", "seed", "val_split")
+
+
+def _say(msg: str) -> None:
+    print(f"[kerasalex] {msg}", flush=True)
+
+
+def default_study_dir(dataset: str, recipe: str) -> Path:
+    """``studies/<dataset name>-<recipe>``: the same command finds the same folder."""
+    from kerasalex.data import dataset_name
+
+    return Path("studies") / f"{dataset_name(dataset)}-{recipe}"
+
+
+def _normalize_dataset(dataset: str) -> str:
+    from kerasalex.data import NAMED_DATASETS
+
+    if dataset in NAMED_DATASETS:
+        return dataset
+    p = Path(dataset).expanduser()
+    if not p.is_dir():
+        raise ValueError(
+            f"dataset {dataset!r} is neither a known name ({', '.join(NAMED_DATASETS)}) nor an existing folder"
+        )
+    return str(p.resolve())
+
+
+def unavailable_reason(
+    arch: str,
+    alexnet_weights: str | None = None,
+    vgg_weights: str | None = None,
+) -> str | None:
+    """Why ``arch`` cannot join the study here (a sentence), or None when it can.
+
+    alexnet-torch needs ported ImageNet weights (``alexnet_weights``); vgg16
+    needs its ImageNet base, from ``vgg_weights`` or Keras's download/cache,
+    which is tried here by building the model once.
+    """
+    from kerasalex.models import get_architecture
+
+    if arch == "alexnet-torch" and not alexnet_weights:
+        return ("no ImageNet weights given; pass --alexnet-weights PATH "
+                "(a file made by `kerasalex port-weights`) to include it")
+    a = get_architecture(arch)
+    try:
+        a.builder_fn()
+    except (ImportError, AttributeError) as exc:
+        return f"not available in this installation ({type(exc).__name__}: {exc})"
+    if arch == "vgg16" and (vgg_weights is None or str(vgg_weights).lower() == "imagenet"):
+        import keras
+
+        try:
+            a.build(num_classes=2, input_shape=(32, 32, 3), base_weights="imagenet", freeze_base=True)
+        except Exception as exc:  # offline: Keras's download raises a plain Exception
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            return (f"its ImageNet base could not be loaded ({first}); offline, pass --vgg-weights PATH "
+                    "to a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+        finally:
+            keras.backend.clear_session()
+    return None
+
+
+def load_state(study_dir: str | os.PathLike) -> dict | None:
+    """A study folder's ``study.json``, or None when it has none."""
+    import json
+
+    p = Path(study_dir) / STATE_FILE
+    if not p.is_file():
+        return None
+    try:
+        state = json.loads(p.read_text())
+    except ValueError:
+        raise ValueError(f"study state {p} is corrupt (not JSON); delete it to start the study over") from None
+    if not isinstance(state, dict) or "settings" not in state or "models" not in state:
+        raise ValueError(f"{p} is not a kerasalex study state (no settings/models)")
+    return state
+
+
+def _save_state(study_dir: Path, state: dict) -> None:
+    state["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
+    files.atomic_write_json(study_dir / STATE_FILE, state)
+
+
+def _check_same_settings(study_dir: Path, saved: dict, settings: dict) -> None:
+    diff = [f"{k}={saved.get(k)!r} there, {settings.get(k)!r} now" for k in PINNED if saved.get(k) != settings.get(k)]
+    if diff:
+        raise ValueError(
+            f"study folder {study_dir} was started with other options ({'; '.join(diff)}); "
+            "rerun with the same options to continue it, or pass another --output-dir"
+        )
+
+
+def study_command(settings: dict, models: Sequence[str], study_dir: Path, alexnet_weights=None, vgg_weights=None) -> str:
+    """The ``kerasalex study`` command line that (re)runs this study."""
+    args = ["kerasalex", "study"]
+    for k in PINNED:
+        v = settings.get(k)
+        if v is not None:
+            args += [f"--{k.replace('_', '-')}", str(v)]
+    if tuple(models) != STUDY_MODELS:
+        args += ["--models", ",".join(models)]
+    if alexnet_weights:
+        args += ["--alexnet-weights", str(alexnet_weights)]
+    if vgg_weights:
+        args += ["--vgg-weights", str(vgg_weights)]
+    args += ["--output-dir", str(study_dir)]
+    return shlex.join(args)
+
+
+def run_study(
+    recipe: str = "default",
+    dataset: str = "cifar10",
+    data_dir: str | None = None,
+    epochs: int | None = None,
+    limit: int | None = None,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    precision: str | None = None,
+    seed: int | None = None,
+    val_split: float | None = None,
+    models: Sequence[str] = STUDY_MODELS,
+    alexnet_weights: str | None = None,
+    vgg_weights: str | None = None,
+    output_dir: str | os.PathLike | None = None,
+    eval_batch_size: int = 256,
+    eval_limit: int | None = None,
+    log: Callable[[str], None] | None = None,
+    verbose: int | str = "auto",
+) -> dict:
+    """Trains, evaluates and compares the study's models into a study folder.
+
+    Each model trains with ``recipe`` (``study``: the study's exact recipe;
+    ``default``: ours) into ``<study>/runs/<arch>`` and is evaluated on the
+    dataset's test split, or, for an image folder without ``test/``, on the
+    held-out validation slice (the table's column says which). Models that
+    cannot run here are skipped with the reason: alexnet-torch without
+    ``alexnet_weights``, vgg16 when its ImageNet base can't be loaded.
+
+    Args:
+        recipe: a name in :data:`kerasalex.config.RECIPES`.
+        dataset: ``cifar10``, ``cifar100``, ``digits`` or an image folder.
+        data_dir: local CIFAR python archive/folder (offline CIFAR).
+        epochs, limit, image_size, batch_size, precision, seed, val_split:
+            passed to every model's configuration (None keeps the recipe's).
+        models: architectures to run, in order.
+        alexnet_weights: ported torchvision AlexNet weights (``port-weights``).
+        vgg_weights: VGG16 base weights: ``imagenet`` (download/cache, the
+            default), ``none``, or a local notop ``.h5``.
+        output_dir: the study folder [``studies/<dataset>-<recipe>``].
+        eval_batch_size: evaluation batch size.
+        eval_limit: evaluate on at most this many images.
+        log: where progress lines go [printed].
+        verbose: Keras ``fit`` verbosity.
+
+    Returns:
+        ``{"study_dir", "rows", "table_md", "per_class_f1_md", "report",
+        "trained", "kept", "skipped", "missing"}``; ``skipped`` maps arch
+        to the reason.
+
+    Raises:
+        ValueError: bad options, a study folder started with other options,
+            or no model could run.
+        kerasalex.callbacks.TrainingInterrupted: stopped by a signal; the
+            state is saved and the same call resumes.
+    """
+    import keras
+
+    from kerasalex.callbacks import TrainingInterrupted
+    from kerasalex.compare import compare_runs, evaluation_split
+    from kerasalex.config import RECIPES, resolve_config
+    from kerasalex.evaluation import evaluate
+    from kerasalex.models import get_architecture
+    from kerasalex.training import train
+
+    log = log or _say
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of: {', '.join(RECIPES)}")
+    models = list(models)
+    if not models:
+        raise ValueError("models must name at least one architecture. Received: models=[]")
+    if len(set(models)) != len(models):
+        raise ValueError(f"models lists an architecture twice. Received: models={models}")
+    for arch in models:
+        get_architecture(arch)
+    for flag, path in (("--alexnet-weights", alexnet_weights), ("--vgg-weights", vgg_weights)):
+        if path and str(path).lower() not in ("imagenet", "none") and not Path(path).is_file():
+            raise ValueError(f"{flag} file not found: {path}")
+    if alexnet_weights:
+        alexnet_weights = str(Path(alexnet_weights).resolve())
+    if vgg_weights and str(vgg_weights).lower() not in ("imagenet", "none"):
+        vgg_weights = str(Path(vgg_weights).resolve())
+    dataset = _normalize_dataset(dataset)
+    split = evaluation_split(dataset)
+    settings = dict(recipe=recipe, dataset=dataset, data_dir=data_dir, epochs=epochs, limit=limit,
+                    image_size=image_size, batch_size=batch_size, precision=precision, seed=seed, val_split=val_split)
+    # Every model's configuration is checked before anything trains.
+    configs = {a: resolve_config(a, recipe, **{k: v for k, v in settings.items() if k != "recipe"}) for a in models}
+    if split == "val" and not configs[models[0]].val_split:
+        raise ValueError(f"{dataset} has no test/ split and --val-split is 0: there are no held-out images to evaluate on")
+
+    study_dir = Path(output_dir) if output_dir else default_study_dir(dataset, recipe)
+    state = load_state(study_dir)
+    if state is not None:
+        _check_same_settings(study_dir, state["settings"], settings)
+        log(f"continuing study {study_dir}")
+    else:
+        state = {"version": 1, "settings": settings, "split": split, "models": {},
+                 "started": _dt.datetime.now().isoformat(timespec="seconds")}
+    study_dir.mkdir(parents=True, exist_ok=True)
+    state["command"] = study_command(settings, models, study_dir, alexnet_weights, vgg_weights)
+    state["order"] = models
+    _save_state(study_dir, state)
+
+    trained: list[str] = []
+    kept: list[str] = []
+    skipped: dict[str, str] = {}
+    for arch in models:
+        run_dir = study_dir / "runs" / arch
+        entry = state["models"].setdefault(arch, {})
+        entry["run_dir"] = str(Path("runs") / arch)
+        has_summary = (run_dir / "summary.json").is_file()
+        if has_summary and (run_dir / "evaluation.json").is_file():
+            if entry.get("status") != "finished":
+                entry["status"] = "finished"
+                _save_state(study_dir, state)
+            log(f"{arch}: finished earlier, kept ({run_dir})")
+            kept.append(arch)
+            continue
+        started = (run_dir / "config.json").is_file()
+        if not started:
+            reason = unavailable_reason(arch, alexnet_weights, vgg_weights)
+            if reason:
+                log(f"{arch}: skipped - {reason}")
+                entry.update(status="skipped", reason=reason)
+                _save_state(study_dir, state)
+                skipped[arch] = reason
+                continue
+        config = configs[arch].replace(
+            weights=alexnet_weights if arch == "alexnet-torch" else None,
+            base_weights=vgg_weights if arch == "vgg16" else None,
+            run_dir=str(run_dir),
+            output=str(study_dir / "models" / f"{arch}.keras"),
+        )
+        t0 = time.perf_counter()
+        if not has_summary:
+            resume = started and (run_dir / "resume" / "state.json").is_file()
+            if run_dir.exists() and not resume:
+                # Killed before its first epoch ended: nothing to keep.
+                log(f"{arch}: {run_dir} holds no finished epoch; starting it over")
+                shutil.rmtree(run_dir)
+            entry.update(status="training", reason=None)
+            _save_state(study_dir, state)
+            log(f"{arch}: {'resuming the interrupted run' if resume else 'training'} in {run_dir} "
+                f"({DESCRIPTIONS.get(arch, arch)}; recipe {recipe})")
+            keras.backend.clear_session()
+            try:
+                train(config, resume=resume, verbose=verbose)
+            except TrainingInterrupted:
+                entry["status"] = "interrupted"
+                _save_state(study_dir, state)
+                raise
+            except BaseException as exc:
+                entry.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+                _save_state(study_dir, state)
+                raise
+            trained.append(arch)
+        entry["status"] = "evaluating"
+        _save_state(study_dir, state)
+        where = "test split" if split == "test" else "held-out validation slice"
+        log(f"{arch}: evaluating {run_dir / 'model.keras'} on the {where}")
+        evaluate(run_dir / "model.keras", dataset, data_dir, eval_batch_size, run_dir, eval_limit,
+                 split=split, val_split=config.val_split)
+        entry.update(status="finished", seconds_this_session=round(time.perf_counter() - t0, 1),
+                     finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        _save_state(study_dir, state)
+        if arch not in trained:
+            trained.append(arch)
+
+    done = [a for a in models if state["models"][a].get("status") == "finished"]
+    if not done:
+        reasons = "; ".join(f"{a}: {r}" for a, r in skipped.items())
+        raise ValueError(f"no model of the study could run ({reasons})")
+    comparison = compare_runs([study_dir / "runs" / a for a in done], study_dir, labels=done, log=log)
+    report = write_report(study_dir, state, comparison, skipped)
+    log(f"report: {report}")
+    return {
+        "study_dir": study_dir,
+        "rows": comparison["rows"],
+        "table_md": comparison["table_md"],
+        "per_class_f1_md": comparison["per_class_f1_md"],
+        "missing": comparison["missing"],
+        "report": report,
+        "trained": trained,
+        "kept": kept,
+        "skipped": skipped,
+    }
+
+
+def write_report(study_dir: str | os.PathLike, state: dict, comparison: dict, skipped: dict[str, str]) -> Path:
+    """Writes ``REPORT.md``: how the study was run, the table, the loss curves,
+    per-class F1, each model's figures (relative links) and what was skipped.
+
+    Args:
+        study_dir: the study folder.
+        state: its ``study.json`` contents.
+        comparison: what :func:`kerasalex.compare.compare_runs` returned.
+        skipped: arch -> why it was skipped.
+    """
+    study_dir = Path(study_dir)
+    settings = state["settings"]
+    from kerasalex.data import dataset_name
+
+    runs = comparison["runs"]
+    first = runs[0]
+    import json
+
+    cfg = json.loads((Path(first["run_dir"]) / "config.json").read_text())
+    device = cfg.get("device", {})
+    versions = cfg.get("versions", {})
+    gpus = ", ".join(g.get("name", "?") for g in device.get("gpus", [])) or "no GPU"
+    ev = [r["evaluation"] for r in runs if r["evaluation"]]
+    split = state.get("split", "test")
+    n_eval = ev[0].get("test_images") if ev else None
+    if split == "test":
+        measured = f"Accuracy is measured on the test split ({n_eval} images)."
+    else:
+        measured = (f"Accuracy is measured on the **held-out validation slice** ({n_eval} images, never trained on): "
+                    f"{dataset_name(settings['dataset'])} has no test/ split, and its own images would overstate it.")
+    lines = [
+        f"# AlexNet study: {dataset_name(settings['dataset'])}, recipe `{settings['recipe']}`",
+        "",
+        f"Run with `{state['command']}`",
+        "",
+        f"Device: {device.get('cpu', '?')} ({device.get('cpu_count', '?')} CPUs), {gpus}; "
+        f"precision {first['resolved'].get('precision', '?')}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("kerasalex", "tensorflow", "keras"))
+        + f". Updated {state.get('updated', '')}.",
+        "",
+        "## Comparison",
+        "",
+        comparison["table_md"],
+        "",
+        measured + " Training time is the sum of the epochs' wall time (validation included); "
+        "losses are the training loss.",
+    ]
+    if comparison["missing"]:
+        lines += ["", *[f"- {m}" for m in comparison["missing"]]]
+    if skipped:
+        lines += ["", "Skipped:", *[f"- **{a}**: {r}" for a, r in skipped.items()]]
+    lines += [
+        "",
+        "![Loss per epoch of every model](loss_curves.png)",
+        "",
+        "## Per-class F1",
+        "",
+        comparison["per_class_f1_md"],
+        "",
+        "Tables as files: [comparison.csv](comparison.csv), [per_class_f1.csv](per_class_f1.csv).",
+    ]
+    for label, run in zip(comparison["labels"], runs):
+        rel = Path(run["run_dir"]).resolve().relative_to(study_dir.resolve()).as_posix()
+        lines += ["", f"## {label}: {DESCRIPTIONS.get(label, run['config'].get('arch', label))}", ""]
+        n = len(run["history"])
+        model = Path(study_dir / "models" / f"{label}.keras")
+        saved = f", model [`models/{model.name}`](models/{model.name})" if model.is_file() else ""
+        lines.append(f"Run folder [`{rel}`]({rel}), {n} epoch{'s' if n != 1 else ''}{saved}.")
+        for name, alt in (("learning_curves.png", "Learning curves"), ("confusion_matrix.png", "Confusion matrix"),
+                          ("test_predictions.png", "Sample predictions")):
+            if (Path(run["run_dir"]) / name).is_file():
+                lines += ["", f"![{alt} of {label}]({rel}/{name})"]
+    path = study_dir / "REPORT.md"
+    files.atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
