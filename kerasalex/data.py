@@ -253,6 +253,8 @@ def decode_image(path: Path, size: int | None) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
+    bomb = getattr(Image, "DecompressionBombError", OSError)
+
     try:
         with Image.open(path) as img:
             img.seek(0)
@@ -268,7 +270,7 @@ def decode_image(path: Path, size: int | None) -> np.ndarray:
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, bomb) as exc:
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
@@ -282,6 +284,12 @@ def _folder_key(root: Path, files: Sequence[Path], size: int) -> str:
         st = f.stat()
         h.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def _warn_skipped(root: Path, skipped: Sequence[str]) -> None:
+    if skipped:
+        shown = "; ".join(skipped[:10]) + (f"; ... ({len(skipped) - 10} more)" if len(skipped) > 10 else "")
+        warnings.warn(f"skipped {len(skipped)} corrupt image file(s) in {root}: {shown}", stacklevel=3)
 
 
 def scan_folder(root: Path, size: int, class_names: Sequence[str] | None = None, workers: int = 4) -> tuple[Split, list[str], list[str]]:
@@ -320,7 +328,9 @@ def scan_folder(root: Path, size: int, class_names: Sequence[str] | None = None,
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
-                return Split(z["x"], z["y"]), list(class_names), [str(s) for s in z["skipped"]]
+                split, cached_skipped = Split(z["x"], z["y"]), [str(s) for s in z["skipped"]]
+            _warn_skipped(root, cached_skipped)  # every run names them, not only the first
+            return split, list(class_names), cached_skipped
         except Exception:  # a damaged cache is just rebuilt
             pass
 
@@ -345,9 +355,7 @@ def scan_folder(root: Path, size: int, class_names: Sequence[str] | None = None,
     for i, name in enumerate(class_names):
         if not np.any(y == i):
             raise ValueError(f"class folder {root / name} holds no readable image (all corrupt)")
-    if skipped:
-        shown = "; ".join(skipped[:10]) + (f"; ... ({len(skipped) - 10} more)" if len(skipped) > 10 else "")
-        warnings.warn(f"skipped {len(skipped)} corrupt image file(s) in {root}: {shown}", stacklevel=2)
+    _warn_skipped(root, skipped)
     try:
         from kerasalex.files import atomic_path
 
@@ -479,12 +487,9 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The training order of epoch ``epoch`` (0-based): a function of (seed, epoch) only."""
-    import tensorflow as tf
-
-    return tf.random.experimental.stateless_shuffle(
-        tf.range(n, dtype=tf.int64), seed=tf.constant([seed, epoch], tf.int64)
-    ).numpy()
+    """The training order of epoch ``epoch`` (0-based): a function of (seed, epoch) only
+    (numpy's PCG64 seeded with both), so a resumed run replays it exactly."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch)]).permutation(n)
 
 
 def train_stream(
@@ -497,7 +502,11 @@ def train_stream(
     one_hot: bool = True,
 ):
     """Batches of (uint8 images, labels) for epochs ``start_epoch..epochs-1``,
-    one after another, each epoch in its own (seed, epoch) order.
+    one after another, each epoch in its own :func:`epoch_order`.
+
+    Batches are gathered from the in-memory uint8 array by index, so the
+    pipeline holds no second copy of the dataset (a ``from_tensor_slices`` of
+    the array would embed one or two copies of it in the graph).
 
     Returns (dataset, steps_per_epoch). Pass both to ``fit`` with
     ``initial_epoch=start_epoch``.
@@ -506,28 +515,23 @@ def train_stream(
 
     n = len(split)
     steps = steps_per_epoch(n, batch_size)
-    x = tf.constant(split.x)
-    y = tf.constant(split.y)
+    x, y = split.x, split.y
+    eye = np.eye(num_classes, dtype=np.float32)
 
-    def epoch_batches(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-        )
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    def batches():
+        for epoch in range(start_epoch, max(start_epoch + 1, epochs)):
+            order = epoch_order(n, seed, epoch)
+            for i in range(0, n, batch_size):
+                idx = order[i : i + batch_size]
+                yield x[idx], (eye[y[idx]] if one_hot else y[idx])
 
-    def gather(idx):
-        labels = tf.gather(y, idx)
-        if one_hot:
-            labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
-        return tf.gather(x, idx), labels
-
-    ds = (
-        tf.data.Dataset.range(start_epoch, max(start_epoch + 1, epochs))
-        .flat_map(epoch_batches)
-        .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(tf.data.AUTOTUNE)
+    label_spec = (
+        tf.TensorSpec((None, num_classes), tf.float32) if one_hot else tf.TensorSpec((None,), tf.int32)
     )
-    return ds, steps
+    ds = tf.data.Dataset.from_generator(
+        batches, output_signature=(tf.TensorSpec((None, *x.shape[1:]), tf.uint8), label_spec)
+    )
+    return ds.prefetch(tf.data.AUTOTUNE), steps
 
 
 def eval_dataset(split: Split, batch_size: int, num_classes: int | None = None, one_hot: bool = True):

@@ -33,13 +33,56 @@ def _umask() -> int:
     return mask
 
 
-def _raise_disk_full(exc: OSError, path: Path) -> None:
-    if exc.errno in _DISK_FULL:
+def _disk_full_errno(exc: BaseException) -> int | None:
+    """ENOSPC / EFBIG / EDQUOT anywhere in ``exc``'s chain (h5py and Keras wrap
+    the OSError of the failed write in their own exceptions), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _raise_disk_full(exc: BaseException, path: Path) -> None:
+    code = _disk_full_errno(exc)
+    if code is not None:
         raise DiskFullError(
-            exc.errno,
-            f"disk full while writing {path} ({os.strerror(exc.errno)}); "
+            code,
+            f"disk full while writing {path} ({os.strerror(code)}); "
             "the previous file, if any, is unchanged",
         ) from exc
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, exclusive: bool) -> Iterator[bool]:
+    """An advisory ``flock`` on ``folder``: writers hold it shared while their
+    temporary file exists, :func:`remove_stale_temps` takes it exclusively, so a
+    sweep never deletes the temporary file of a live writer (in any process or
+    container on this host). Yields False when an exclusive lock is not free
+    right now; True when held, or when the file system has no locks."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover  (not POSIX)
+        yield True
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # no flock on this file system
+            pass
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -72,24 +115,24 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        _fsync_file(tmp_path)
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        _raise_disk_full(exc, path)
-        raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
+    # Temporary files of writers killed earlier go first, so none accumulate.
+    remove_stale_temps(path.parent)
+    with _folder_lock(path.parent, exclusive=False):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())
+            yield tmp_path
+            _fsync_file(tmp_path)
+            os.replace(tmp_path, path)
+            _fsync_dir(path.parent)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            if isinstance(exc, Exception):
+                _raise_disk_full(exc, path)
+            raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -122,15 +165,47 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+def _write_keras_archive(model, target: Path) -> None:
+    """Writes ``model`` as a ``.keras`` zip (config.json, metadata.json,
+    model.weights.h5 — the layout ``keras.saving.load_model`` reads).
+
+    Keras's own ``model.save`` builds the weights file in an in-memory buffer
+    first (for the scratch AlexNet with its SGD momentum: +240 MB of peak RSS);
+    here the weights go to a temporary ``.weights.h5`` on disk and are copied
+    into the archive from there.
+    """
+    import datetime
+    import zipfile
+
+    import keras
+
+    config = keras.saving.serialize_keras_object(model)
+    metadata = {"keras_version": keras.__version__, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
+    fd, weights = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}", suffix=".weights.h5", dir=target.parent)
+    os.close(fd)
+    try:
+        os.unlink(weights)
+        model.save_weights(weights)
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr("metadata.json", json.dumps(metadata))
+            zf.writestr("config.json", json.dumps(config))
+            zf.write(weights, "model.weights.h5")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(weights)
+
+
 def save_model(model, path: str | os.PathLike) -> Path:
-    """Saves a Keras model (``.keras`` or ``.weights.h5``) atomically."""
+    """Saves a Keras model (``.keras`` or ``.weights.h5``) atomically: a
+    temporary file in the same folder, flushed, then renamed over ``path``."""
     path = Path(path)
     if path.name.endswith(".weights.h5"):
         with atomic_path(path, suffix=".weights.h5") as tmp:
+            tmp.unlink()
             model.save_weights(tmp)
     elif path.suffix == ".keras":
         with atomic_path(path, suffix=".keras") as tmp:
-            model.save(tmp)
+            _write_keras_archive(model, tmp)
     else:
         raise ValueError(f"model path must end in .keras or .weights.h5. Received: {path}")
     return path
@@ -151,17 +226,30 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
+def is_temp_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like one of :func:`atomic_path`'s temporary files."""
+    name = Path(path).name
+    return name.startswith(".") and TEMP_MARKER in name
+
+
 def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Deletes temporary files left by a killed writer in ``folder``; returns the count."""
+    """Deletes temporary files left in ``folder`` by killed writers; returns the count.
+
+    Nothing is deleted while a live writer holds a temporary file in
+    ``folder`` (see :func:`_folder_lock`); the next write sweeps instead.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     n = 0
-    for p in folder.iterdir():
-        if p.name.startswith(".") and TEMP_MARKER in p.name and p.is_file():
-            with contextlib.suppress(OSError):
-                p.unlink()
-                n += 1
+    with _folder_lock(folder, exclusive=True) as free:
+        if not free:
+            return 0
+        for p in folder.iterdir():
+            if is_temp_file(p) and (p.is_symlink() or p.is_file()):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    n += 1
     return n
 
 
@@ -172,10 +260,18 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
 MAX_MODEL_MEMBERS = 64
 MAX_MODEL_BYTES = 8 * 1024**3
 MAX_COMPRESSION_RATIO = 200
+# A weights dataset may not declare more than this many bytes beyond 1000x
+# what it stores (an HDF5 "shape bomb" allocates the declared size).
+MAX_DECLARED_BYTES = 1024**3
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# What a .keras archive of ours holds; anything else (assets/ of lookup layers,
+# sharded weights, ...) is refused.
+MODEL_MEMBERS = frozenset({"config.json", "metadata.json", "model.weights.h5"})
 
 # Layer classes a kerasalex model may contain. Anything else is refused before
 # Keras deserializes it: Lambda (arbitrary code), TFSMLayer (loads a
-# SavedModel), TorchModuleWrapper (pickle), JaxLayer, and so on.
+# SavedModel), TorchModuleWrapper (pickle), JaxLayer, lookup layers (read a
+# vocabulary file or URL), and so on.
 ALLOWED_LAYERS = frozenset(
     {
         "InputLayer", "Functional", "Sequential", "Model",
@@ -195,44 +291,157 @@ REFUSED_LAYERS = frozenset(
     {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer",
      "StringLookup", "IntegerLookup", "TextVectorization", "Hashing"}
 )
-_SAFE_MODULE_PREFIXES = ("keras", "kerasalex")
+# Functions a config may name (activations, losses, metrics); any other
+# function reference (keras.utils.get_file, keras.config.enable_unsafe_deserialization, ...)
+# is refused.
+ALLOWED_FUNCTIONS = frozenset(
+    {
+        "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish", "sigmoid",
+        "hard_sigmoid", "hard_silu", "hard_swish", "tanh", "softmax", "log_softmax", "softplus",
+        "softsign", "exponential", "linear",
+        "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy",
+        "mean_squared_error", "mean_absolute_error", "categorical_accuracy",
+        "sparse_categorical_accuracy", "binary_accuracy", "accuracy",
+        "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy",
+    }
+)
+# Keras's markers for values inside a config (tensors, tuples, arrays).
+_VALUE_MARKERS = frozenset(
+    {"__keras_tensor__", "__tensor__", "__numpy__", "__tuple__", "__bytes__", "__typespec__", "__slice__", "__ellipsis__"}
+)
+_LAYER_MODULES = ("keras.layers", "keras.src.layers", "keras.models", "keras.src.models", "kerasalex")
+# Modules of plain value objects (initializers, optimizers, losses, dtype policies).
+_VALUE_MODULES = (
+    "keras.initializers", "keras.src.initializers", "keras.regularizers", "keras.src.regularizers",
+    "keras.constraints", "keras.src.constraints", "keras.optimizers", "keras.src.optimizers",
+    "keras.losses", "keras.src.losses", "keras.metrics", "keras.src.metrics",
+    "keras.dtype_policies", "keras.src.dtype_policies",
+)
+_FUNCTION_MODULES = (
+    "keras.activations", "keras.src.activations", "keras.losses", "keras.src.losses",
+    "keras.metrics", "keras.src.metrics",
+)
+_KERAS_TOP_LEVEL = frozenset({"DTypePolicy", "FloatDTypePolicy"}) | ALLOWED_LAYERS
 
 
-def _check_config(node: Any, path: Path) -> None:
+def _in_modules(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def _check_object(node: dict, path: Path) -> None:
+    """Checks one serialized object (a dict with ``class_name``) of a config."""
+
+    def refuse(why: str):
+        raise ModelFileError(f"refused to load {path}: {why}")
+
+    class_name = node["class_name"]
+    module = node.get("module")
+    registered = node.get("registered_name")
+    config = node.get("config")
+    if module is not None and not isinstance(module, str):
+        refuse(f"object {class_name!r} has a module of type {type(module).__name__}")
+    if class_name in ("__lambda__", "__function__") or class_name in REFUSED_LAYERS or registered in REFUSED_LAYERS:
+        refuse(f"it contains a {class_name!r} object, which can run code or read other files")
+    if class_name == "function":
+        if not (isinstance(config, str) and config in ALLOWED_FUNCTIONS and module and _in_modules(module, _FUNCTION_MODULES)):
+            refuse(f"it references the function {module}.{config}, which is not an allowed activation, loss or metric")
+        if registered not in (None, config):
+            refuse(f"function {config!r} is registered as {registered!r}")
+        return
+    if class_name in _VALUE_MARKERS:
+        if module is not None or registered is not None:
+            refuse(f"value marker {class_name!r} names module {module!r}")
+        return
+    if not module:  # legacy configs name layers without a module
+        if class_name not in ALLOWED_LAYERS:
+            refuse(f"class {class_name!r} (no module) is not on kerasalex's layer allowlist")
+    elif _in_modules(module, _LAYER_MODULES):
+        if class_name not in ALLOWED_LAYERS:
+            refuse(f"layer class {class_name!r} is not on kerasalex's allowlist")
+    elif _in_modules(module, _VALUE_MODULES):
+        if not (class_name[:1].isupper() and class_name.isidentifier()):
+            refuse(f"{module}.{class_name} is not a class")
+    elif module == "keras":
+        if class_name not in _KERAS_TOP_LEVEL:
+            refuse(f"object keras.{class_name} is not allowed")
+    else:
+        refuse(f"object {class_name!r} comes from module {module!r}, which is not allowed")
+    if registered not in (None, class_name, f"kerasalex>{class_name}"):
+        refuse(f"object {class_name!r} is registered as {registered!r}")
+    if isinstance(config, dict):
+        name = config.get("name")
+        # Keras builds temporary paths from layer names (CVE-2026-12479).
+        if isinstance(name, str) and ("/" in name or "\\" in name or ".." in name or "\x00" in name):
+            refuse(f"layer name {name!r} contains a path")
+
+
+def _check_config(node: Any, path: Path, depth: int = 0) -> None:
+    if depth > 100:
+        raise ModelFileError(f"refused to load {path}: its config nests deeper than 100 levels")
     if isinstance(node, list):
         for item in node:
-            _check_config(item, path)
+            _check_config(item, path, depth + 1)
         return
     if not isinstance(node, dict):
         return
-    class_name = node.get("class_name")
-    if isinstance(class_name, str):
-        if class_name in ("__lambda__", "__function__") or class_name in REFUSED_LAYERS:
-            raise ModelFileError(f"refused to load {path}: it contains a {class_name!r} object, which can run code")
-        module = node.get("module") or ""
-        registered = node.get("registered_name") or ""
-        if module and not module.split(".")[0] in _SAFE_MODULE_PREFIXES:
-            raise ModelFileError(f"refused to load {path}: object {class_name!r} comes from module {module!r}, not Keras")
-        is_layer = module.startswith("keras.layers") or module.startswith("keras.src.layers") or registered.startswith("kerasalex>")
-        if is_layer and class_name not in ALLOWED_LAYERS:
-            raise ModelFileError(
-                f"refused to load {path}: layer class {class_name!r} is not on kerasalex's allowlist"
-            )
-        if module.startswith("keras.activations") or class_name == "function":
-            cfg = node.get("config")
-            if not isinstance(cfg, str):
-                raise ModelFileError(f"refused to load {path}: a serialized function with config {cfg!r}")
+    if isinstance(node.get("class_name"), str):
+        _check_object(node, path)
+    elif "class_name" in node:
+        raise ModelFileError(f"refused to load {path}: a class_name of type {type(node['class_name']).__name__}")
     for value in node.values():
-        _check_config(value, path)
+        _check_config(value, path, depth + 1)
+
+
+def _check_weights_h5(zf, path: Path) -> None:
+    """Refuses weights that read other files (external or soft links, external
+    storage, virtual datasets: CVE-2026-1669) or declare far more data than they
+    store (shape bombs)."""
+    import h5py
+
+    def refuse(why: str):
+        raise ModelFileError(f"refused to load {path}: its weights {why}")
+
+    with zf.open("model.weights.h5") as raw:
+        try:
+            h5 = h5py.File(raw, "r")
+        except Exception as exc:  # h5py raises OSError / ValueError for damaged files
+            raise ModelFileError(f"corrupt or incomplete model file: {path} (unreadable model.weights.h5)") from exc
+        with h5:
+            def on_link(name, link):
+                if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+                    refuse(f"hold a {type(link).__name__} at {name!r}, which points outside the weights")
+
+            h5.visititems_links(on_link)
+
+            def on_object(name, obj):
+                if not isinstance(obj, h5py.Dataset):
+                    return
+                if obj.external:
+                    refuse(f"dataset {name!r} keeps its data in another file ({obj.external[0][0]!r})")
+                if obj.is_virtual:
+                    refuse(f"dataset {name!r} is a virtual dataset mapped from other files")
+                if obj.dtype.kind not in "fiub":
+                    refuse(f"dataset {name!r} has dtype {obj.dtype}, not numbers")
+                declared = int(obj.size) * obj.dtype.itemsize
+                if declared > MAX_DECLARED_BYTES and declared > 1000 * max(1, obj.id.get_storage_size()):
+                    refuse(f"dataset {name!r} declares {declared} bytes but stores {obj.id.get_storage_size()}")
+
+            h5.visititems(on_object)
 
 
 def check_model_file(path: str | os.PathLike) -> dict:
     """Checks a user-supplied ``.keras`` file before Keras touches it.
 
-    Refuses: missing files, legacy HDF5 full models, anything that is not a
-    complete zip archive, zip bombs (member count, total size, compression
-    ratio), absolute or ``..`` member names, and configs naming layers outside
-    :data:`ALLOWED_LAYERS`. Returns the parsed ``config.json``.
+    Refuses: missing files, legacy HDF5 full models (``.h5``/``.hdf5``, or an
+    HDF5 file under another name), anything that is not a complete zip
+    archive, zip bombs (member count, total size, compression ratio), absolute,
+    ``..`` or unexpected member names, configs with objects outside the
+    allowlists (:data:`ALLOWED_LAYERS`, :data:`ALLOWED_FUNCTIONS`, Keras value
+    modules) or layer names that are paths, and weights with links, external
+    or virtual datasets or shape bombs. Returns the parsed ``config.json``.
+
+    Args:
+        path: the ``.keras`` file.
 
     Raises:
         ModelFileError: with one line naming the file and the problem.
@@ -244,17 +453,23 @@ def check_model_file(path: str | os.PathLike) -> dict:
         raise ModelFileError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelFileError(f"expected a .keras model file, got a folder: {path}")
+    legacy = (
+        f"refused to load {path}: legacy HDF5 full models are not accepted (Keras ignores safe mode for them); "
+        "use a .keras file"
+    )
     if path.suffix.lower() in (".h5", ".hdf5"):
-        raise ModelFileError(
-            f"refused to load {path}: legacy HDF5 full models are not accepted (they bypass safe mode); "
-            "use a .keras file"
-        )
+        raise ModelFileError(legacy)
     if path.suffix.lower() != ".keras":
         raise ModelFileError(f"expected a .keras model file. Received: {path}")
     size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+            raise ModelFileError(legacy)
+    if size > MAX_MODEL_BYTES:
+        raise ModelFileError(f"refused to load {path}: {size} bytes (limit {MAX_MODEL_BYTES})")
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise ModelFileError(
             f"corrupt or incomplete model file: {path} ({size} bytes; not a complete .keras archive)"
         ) from exc
@@ -265,26 +480,40 @@ def check_model_file(path: str | os.PathLike) -> dict:
         total = 0
         for info in infos:
             name = info.filename
-            if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name.split("/")[0]:
+            if (
+                name.startswith(("/", "\\")) or "\\" in name or "\x00" in name
+                or ".." in name.split("/") or ":" in name.split("/")[0]
+            ):
                 raise ModelFileError(f"refused to load {path}: unsafe archive member name {name!r}")
+            if name not in MODEL_MEMBERS:
+                raise ModelFileError(
+                    f"refused to load {path}: unexpected archive member {name!r} "
+                    f"(a kerasalex model holds only {', '.join(sorted(MODEL_MEMBERS))})"
+                )
             total += info.file_size
-            if info.compress_size and info.file_size > 1024 * 1024 and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
+            if info.file_size > 1024 * 1024 and info.file_size > MAX_COMPRESSION_RATIO * max(1, info.compress_size):
                 raise ModelFileError(f"refused to load {path}: member {name!r} has a suspicious compression ratio")
         if total > MAX_MODEL_BYTES:
             raise ModelFileError(f"refused to load {path}: {total} bytes uncompressed (limit {MAX_MODEL_BYTES})")
         names = {i.filename for i in infos}
         if "config.json" not in names:
             raise ModelFileError(f"corrupt or incomplete model file: {path} (no config.json inside)")
-        try:
-            config = json.loads(zf.read("config.json"))
-        except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise ModelFileError(f"corrupt or incomplete model file: {path} (unreadable config.json)") from exc
         if "model.weights.h5" not in names:
             raise ModelFileError(f"corrupt or incomplete model file: {path} (no weights inside)")
-        bad = zf.testzip()
+        try:
+            bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise ModelFileError(f"corrupt or incomplete model file: {path} ({size} bytes; {exc})") from exc
         if bad is not None:
             raise ModelFileError(f"corrupt or incomplete model file: {path} (member {bad!r} fails its checksum)")
-    _check_config(config, path)
+        try:
+            config = json.loads(zf.read("config.json"))
+        except (ValueError, zipfile.BadZipFile, OSError, EOFError, RecursionError) as exc:
+            raise ModelFileError(f"corrupt or incomplete model file: {path} (unreadable config.json)") from exc
+        if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+            raise ModelFileError(f"corrupt or incomplete model file: {path} (config.json is not a model config)")
+        _check_config(config, path)
+        _check_weights_h5(zf, path)
     return config
 
 
