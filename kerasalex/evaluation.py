@@ -94,7 +94,7 @@ def evaluate(
             raise ValueError(f"dataset {dataset} has no test split (an image folder needs a test/ subfolder)")
     else:
         raise ValueError(f"split must be 'test' or 'val'. Received: split={split!r}")
-    split_label = "test" if split == "test" else "held-out validation"
+    where = f"{data.name} test" if split == "test" else f"{data.name}, held-out validation slice"
     x, y = test.x, test.y
     if limit is not None and limit < len(y):
         x, y = x[:limit], y[:limit]
@@ -129,7 +129,7 @@ def evaluate(
     files.atomic_write_text(out / "classification_report.txt", report_txt)
     plot_confusion_matrix(cm, names, out / "confusion_matrix.png",
                           title=f"{model_path.parent.name if model_path.name == 'model.keras' else model_path.name} "
-                          f"on {data.name} {split_label} (accuracy {acc:.2%})")
+                          f"on {where} (accuracy {acc:.2%})")
     if grid:
         rng = np.random.default_rng(0)
         idx = np.sort(rng.choice(len(y), size=min(grid, len(y)), replace=False))

@@ -45,11 +45,20 @@ def _say(msg: str) -> None:
     print(f"[kerasalex] {msg}", flush=True)
 
 
+def display_name(dataset: str) -> str:
+    """A dataset's name for people: ``cifar10``, or the folder with its parent
+    (``cifar10-jpeg/train``: a bare ``train`` says nothing)."""
+    from kerasalex.data import NAMED_DATASETS
+
+    if dataset in NAMED_DATASETS:
+        return dataset
+    p = Path(dataset)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name or dataset
+
+
 def default_study_dir(dataset: str, recipe: str) -> Path:
     """``studies/<dataset name>-<recipe>``: the same command finds the same folder."""
-    from kerasalex.data import dataset_name
-
-    return Path("studies") / f"{dataset_name(dataset)}-{recipe}"
+    return Path("studies") / f"{display_name(dataset).replace('/', '-')}-{recipe}"
 
 
 def _normalize_dataset(dataset: str) -> str:
@@ -91,10 +100,13 @@ def unavailable_reason(
 
         try:
             a.build(num_classes=2, input_shape=(32, 32, 3), base_weights="imagenet", freeze_base=True)
-        except Exception as exc:  # offline: Keras's download raises a plain Exception
+        except ValueError as exc:  # the builder's one line, with how to get the file
+            first = (str(exc).strip().splitlines() or ["ValueError"])[0]
+            return f"its ImageNet base could not be loaded: {first} (in the study: --vgg-weights PATH)"
+        except Exception as exc:  # offline: Keras's own download raises a plain Exception
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            return (f"its ImageNet base could not be loaded ({first}); offline, pass --vgg-weights PATH "
-                    "to a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+            return (f"its ImageNet base could not be loaded ({type(exc).__name__}: {first}); offline, pass "
+                    "--vgg-weights PATH to a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
         finally:
             keras.backend.clear_session()
     return None
@@ -348,8 +360,7 @@ def write_report(study_dir: str | os.PathLike, state: dict, comparison: dict, sk
     """
     study_dir = Path(study_dir)
     settings = state["settings"]
-    from kerasalex.data import dataset_name
-
+    name = display_name(settings["dataset"])
     runs = comparison["runs"]
     first = runs[0]
     import json
@@ -365,9 +376,9 @@ def write_report(study_dir: str | os.PathLike, state: dict, comparison: dict, sk
         measured = f"Accuracy is measured on the test split ({n_eval} images)."
     else:
         measured = (f"Accuracy is measured on the **held-out validation slice** ({n_eval} images, never trained on): "
-                    f"{dataset_name(settings['dataset'])} has no test/ split, and its own images would overstate it.")
+                    f"{name} has no test/ split, and scoring the training images would overstate it.")
     lines = [
-        f"# AlexNet study: {dataset_name(settings['dataset'])}, recipe `{settings['recipe']}`",
+        f"# AlexNet study: {name}, recipe `{settings['recipe']}`",
         "",
         f"Run with `{state['command']}`",
         "",
