@@ -259,3 +259,17 @@ def test_real_cifar10_jpegs_train_briefly_and_beat_chance(tmp_path, monkeypatch)
     invoke(["evaluate", "real/model.keras", "--dataset", tmp_path / "cifar"], tmp_path)
     acc = json.loads((tmp_path / "real" / "evaluation.json").read_text())["test_accuracy"]
     assert acc > 0.25, acc  # chance is 0.10
+
+
+def test_evaluate_a_folder_without_test_split_uses_the_held_out_slice(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "ds" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "ds" / c / f"{i}.png")
+    invoke(["train", "--dataset", "ds", "--image-size", "16", "--epochs", "1", "--batch-size", "8",
+            "--val-split", "0.2", "--precision", "float32", "--run-dir", "r"], tmp_path)
+    r = invoke(["evaluate", "r/model.keras", "--dataset", "ds"], tmp_path)
+    assert "held-out validation slice (val_split=0.2)" in r.output
+    report = json.loads((tmp_path / "r" / "evaluation.json").read_text())
+    assert report["split"] == "val" and report["test_images"] == 4  # 20% of 20, never trained on

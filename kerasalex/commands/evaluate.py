@@ -17,17 +17,39 @@ from kerasalex.commands import user_errors
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate on the first N test images.")
 @click.option("--output-dir", type=click.Path(), default=None,
               help="Where the report goes [the model's run folder, else <model>-eval/].")
-def evaluate(model, dataset, data_dir, batch_size, limit, output_dir):
+@click.option("--split", type=click.Choice(["auto", "test", "val"]), default="auto", show_default=True,
+              help="auto = the test split; for an image folder without test/, the held-out validation slice "
+                   "that training carved (never the training images).")
+@click.option("--val-split", type=float, default=None,
+              help="The run's --val-split, for --split val [read from the run folder, else 0.1].")
+def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val_split):
     """Test loss/accuracy, classification report, confusion matrix of MODEL.
 
     \b
-    Example:
-      kerasalex evaluate saved_models/alexnet-digits-20261128-101500.keras --dataset digits
+    Examples:
+      kerasalex evaluate runs/alexnet-digits-20261128-101500/model.keras --dataset digits
+      kerasalex evaluate saved_models/pets.keras --dataset ~/pets          # pets/ without test/: held-out slice
     """
+    import json
+    from pathlib import Path
+
+    from kerasalex.compare import evaluation_split
     from kerasalex.evaluation import evaluate as run_eval
 
     with user_errors():
-        r = run_eval(model, dataset, data_dir, batch_size, output_dir, limit)
+        if split == "auto":
+            split = evaluation_split(dataset)
+        if val_split is None:
+            cfg = Path(model).parent / "config.json"
+            val_split = 0.1
+            if cfg.is_file():
+                try:
+                    val_split = float(json.loads(cfg.read_text())["config"].get("val_split", 0.1))
+                except (ValueError, KeyError, TypeError):
+                    pass
+        if split == "val":
+            click.echo(f"{dataset} has no test split: evaluating on the held-out validation slice (val_split={val_split})")
+        r = run_eval(model, dataset, data_dir, batch_size, output_dir, limit, split=split, val_split=val_split)
     click.echo(r["report_text"])
     click.echo(f"Test accuracy: {r['test_accuracy']:.2%}  loss: {r['test_loss']:.4f}  ({r['test_images']} images)")
     click.echo(f"Report, confusion matrix and figures in {r['output_dir']}")
