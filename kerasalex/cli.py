@@ -57,6 +57,9 @@ def main(argv=None):
     # instead of killing the process with SIGXFSZ mid-write.
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    from kerasalex.distribute import startup
+
+    startup(argv)
     return cli.main(args=argv, prog_name="kerasalex")
 
 

@@ -80,10 +80,20 @@ def describe_device() -> dict[str, Any]:
 
 
 def resolve_precision(precision: str) -> str:
-    """``auto`` -> the mixed policy the device runs fastest, from our measurements:
-    bfloat16 on Ampere/Hopper GPUs (compute capability >= 8), float16 on older
-    GPUs, bfloat16 on CPUs with AVX512_BF16/AMX (about 2x float32 here), else
-    float32."""
+    """``auto`` -> the policy the device trains fastest in:
+
+    * GPUs with compute capability >= 8 (Ampere, Ada, Hopper):
+      ``mixed_bfloat16`` (bf16 tensor cores, float32's range: no loss scaling);
+    * compute capability 7.x (Volta, Turing): ``mixed_float16`` (fp16 tensor
+      cores; Keras adds dynamic loss scaling);
+    * older GPUs (no tensor cores; fp16 math is slow on most): ``float32``;
+    * CPUs with AVX512_BF16/AMX: ``mixed_bfloat16`` (1.4-2.6x float32 for the
+      scratch AlexNet on an AVX512-BF16 EPYC, benchmarks/bench_gpu.py); other
+      CPUs: ``float32``.
+
+    Logits, softmax and loss stay float32 in every policy (the models' last
+    layers are float32). The GPU rows follow the hardware's tensor-core
+    support; benchmarks/bench_gpu.py measures them per card."""
     if precision != "auto":
         return precision
     import tensorflow as tf
@@ -94,7 +104,9 @@ def resolve_precision(precision: str) -> str:
             cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
         except Exception:
             cc = (0, 0)
-        return "mixed_bfloat16" if cc[0] >= 8 else "mixed_float16"
+        if cc[0] >= 8:
+            return "mixed_bfloat16"
+        return "mixed_float16" if cc[0] >= 7 else "float32"
     flags = cpu_flags()
     if {"avx512_bf16", "amx_bf16"} & flags:
         return "mixed_bfloat16"
@@ -102,7 +114,13 @@ def resolve_precision(precision: str) -> str:
 
 
 def resolve_jit(jit: str) -> bool | str:
-    # "auto" lets Keras decide (XLA where every layer supports it).
+    """``on``/``off`` -> True/False; ``auto`` is Keras 3.15's rule, which our
+    measurements agree with: XLA off on CPUs (with XLA the scratch AlexNet
+    trained 2.6-3.5x slower in bf16 and 1.3-1.7x slower in float32 on an
+    AVX512-BF16 EPYC, benchmarks/bench_gpu.py) and under a tf.distribute
+    strategy; on a GPU, on when every layer supports XLA. RandomTranslation (the default recipe's augmentation) does
+    not, so Keras runs those models without XLA, with ``on`` too (it warns).
+    The value used is recorded in the run's config.json (``resolved.jit_compile``)."""
     return {"on": True, "off": False}.get(jit, "auto")
 
 
@@ -219,6 +237,12 @@ def fit_standard(model, config: TrainConfig, data, callbacks, verbose, initial_e
         return model
     ds, steps = train_stream(data.train, config.batch_size, data.num_classes, config.seed, initial_epoch, config.epochs)
     val = eval_dataset(data.val, config.batch_size, data.num_classes) if data.val is not None else None
+    if config.distribute != "none":
+        from kerasalex.distribute import dataset_options, prepare_model
+
+        ds = ds.with_options(dataset_options())
+        val = val.with_options(dataset_options()) if val is not None else None
+        prepare_model(model, ds.element_spec)
     model.fit(ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
               validation_data=val, callbacks=callbacks, verbose=verbose, shuffle=False)
     return model
@@ -314,17 +338,17 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
             raise ValueError(f"run folder {run_dir} already holds a run; use --resume to continue it or pick another --run-dir")
         config = config.replace(run_dir=str(run_dir))
     # A multi-worker strategy must exist before TensorFlow does anything else.
-    from kerasalex.distribute import is_chief, make_strategy
+    from kerasalex.distribute import describe_strategy, is_chief, make_strategy, worker_output_path, worker_scratch_dir
 
     strategy = make_strategy(config.distribute)
-    chief = is_chief()
+    chief = is_chief(config.distribute)
+    if config.distribute != "none":
+        _say(describe_strategy(strategy, config.batch_size))
     if not chief:
         # Every worker saves (collectives need all of them), but only the
         # chief writes the run folder; the others write into scratch.
-        import tempfile
-
-        run_dir = Path(tempfile.mkdtemp(prefix="kerasalex-worker-"))
-        config = config.replace(output=str(run_dir / "final.keras"))
+        run_dir = worker_scratch_dir()
+        config = config.replace(output=str(worker_output_path(run_dir)))
     run_dir.mkdir(parents=True, exist_ok=True)
     files.remove_stale_temps(run_dir)
     files.remove_stale_temps(run_dir / "resume")
@@ -361,7 +385,8 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
                          "val_images": len(data.val) if data.val is not None else 0,
                          "class_names": data.class_names, "image_shape": list(data.image_shape),
                          "skipped_files": data.skipped, "parameters": int(model.count_params()),
-                         "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))},
+                         "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+                         "jit_compile": bool(model.jit_compile), "replicas": int(strategy.num_replicas_in_sync)},
         },
     )
     if not resume:
