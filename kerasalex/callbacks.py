@@ -33,6 +33,14 @@ class TrainingInterrupted(RuntimeError):
     """SIGTERM / SIGINT arrived; training stopped at a batch boundary."""
 
 
+class StopNow(BaseException):
+    """A stop signal outside ``fit``, raised at once by
+    ``GracefulStop(raise_outside_fit=True)``. A BaseException (like
+    KeyboardInterrupt), so no ``except Exception`` on the way can mistake it
+    for a broken file; :func:`kerasalex.training.train` reports it as
+    :class:`TrainingInterrupted`."""
+
+
 def current_learning_rate(model) -> float | None:
     opt = getattr(model, "optimizer", None)
     if opt is None:
@@ -117,25 +125,46 @@ def read_history(run_dir: Path) -> list[dict]:
     return json.loads(p.read_text())
 
 
+def _seed_generators(model) -> dict[str, object]:
+    """The model's SeedGenerators keyed by ``<layer name>/<index in layer>``.
+
+    Keras names SeedGenerators by a process-wide counter
+    (``seed_generator_7/...``), so their variable paths differ between the
+    process that saved and the one that resumes; layer names do not.
+    """
+    out: dict[str, object] = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for i, gen in enumerate(getattr(layer, "_seed_generators", ())):
+            key = f"{layer.name}/{i}"
+            n = 1
+            while key in out:  # the same layer name in two nested models
+                n += 1
+                key = f"{layer.name}/{i}#{n}"
+            out[key] = gen
+    return out
+
+
 def seed_states(model) -> dict[str, list[int]]:
     """The SeedGenerator states (dropout, augmentation), which Keras does not save."""
-    return {
-        v.path: np.asarray(v.numpy()).tolist()
-        for v in model.variables
-        if "seed_generator_state" in v.path
-    }
+    return {key: np.asarray(gen.state.numpy()).tolist() for key, gen in _seed_generators(model).items()}
 
 
 def restore_seed_states(model, states: dict[str, list[int]]) -> None:
-    by_path = {v.path: v for v in model.variables if "seed_generator_state" in v.path}
-    if set(by_path) != set(states):
-        # Paths differ when the loading process numbered layers differently:
-        # fall back to order, which is the build order in both processes.
-        for v, value in zip(by_path.values(), states.values()):
-            v.assign(np.asarray(value, dtype=v.dtype))
-        return
-    for path, value in states.items():
-        by_path[path].assign(np.asarray(value, dtype=by_path[path].dtype))
+    """Puts back the states :func:`seed_states` returned.
+
+    Raises:
+        ValueError: the saved states do not belong to this model (other
+            random layers), so an exact resume is impossible.
+    """
+    gens = _seed_generators(model)
+    if set(gens) != set(states):
+        raise ValueError(
+            f"resume state's random-layer states {sorted(states)} do not match the model's {sorted(gens)}; "
+            "the resume state belongs to another model"
+        )
+    for key, value in states.items():
+        gen = gens[key]
+        gen.state.assign(np.asarray(value, dtype=gen.state.dtype))
 
 
 class ResumeState(keras.callbacks.Callback):
@@ -202,29 +231,63 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 class StopOnDivergence(keras.callbacks.Callback):
     """Raises :class:`TrainingDiverged` at the first batch whose loss is NaN/inf,
-    before any epoch-end callback can save the broken weights."""
+    and at the end of an epoch whose validation loss or weights are not finite
+    (the loss of the last batch is computed before its update), before any
+    epoch-end callback can save the broken weights. Put it first."""
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingDiverged(f"loss became {float(loss)} at batch {batch + 1}")
 
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                raise TrainingDiverged(f"{key} became {float(value)} in epoch {epoch + 1}")
+        for w in self.model.trainable_weights:
+            if not np.all(np.isfinite(keras.ops.convert_to_numpy(w))):
+                raise TrainingDiverged(f"weights of {w.path} became non-finite in epoch {epoch + 1}")
+
 
 class GracefulStop(keras.callbacks.Callback):
-    """On SIGTERM/SIGINT, raises :class:`TrainingInterrupted` at the next batch
-    boundary (or immediately for a second signal). The resume state of the last
-    finished epoch is untouched, so ``--resume`` continues from it."""
+    """Stops cleanly on SIGTERM (``docker stop``) or SIGINT (Ctrl-C).
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    While ``model.fit`` runs, the first signal raises
+    :class:`TrainingInterrupted` at the next batch boundary, after any
+    epoch-end save in progress, so the resume state of the last finished epoch
+    is intact and ``--resume`` continues from it; a second signal raises at
+    once. Outside ``fit`` the first signal is only recorded (``received``),
+    unless ``raise_outside_fit``: then it raises :class:`StopNow` at once
+    (every write is atomic, so that loses nothing).
+
+    Use :meth:`install` / :meth:`uninstall` around the run (main thread only).
+
+    Args:
+        signals: the signals to handle.
+        raise_outside_fit: stop at once on a signal outside ``fit`` (loading
+            data, building, the final save) instead of waiting for ``fit``.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), raise_outside_fit: bool = False):
         super().__init__()
         self.signals = signals
+        self.raise_outside_fit = raise_outside_fit
         self.received: int | None = None
+        self.fitting = False
+        self.run_dir = None
         self._old = {}
 
     def _handler(self, signum, frame):
-        if self.received is not None:
-            raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name}")
+        again = self.received is not None
         self.received = signum
+        outer = getattr(self._old.get(signum), "__self__", None)
+        if isinstance(outer, GracefulStop) and outer.received is None:
+            outer.received = signum  # an enclosing stop (tune around train) learns of it too
+        if again:
+            raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name}")
+        if self.raise_outside_fit and not self.fitting:
+            raise StopNow(f"stopped by signal {signal.Signals(signum).name}")
 
     def install(self):
         if threading.current_thread() is threading.main_thread():
@@ -240,6 +303,13 @@ class GracefulStop(keras.callbacks.Callback):
     def _check(self, *args, **kwargs):
         if self.received is not None:
             raise TrainingInterrupted(f"stopped by signal {signal.Signals(self.received).name}")
+
+    def on_train_begin(self, logs=None):
+        self.fitting = True
+        self._check()
+
+    def on_train_end(self, logs=None):
+        self.fitting = False
 
     on_train_batch_end = _check
     on_test_batch_end = _check

@@ -48,6 +48,9 @@ class TrainConfig:
     precision: str = "auto"
     jit_compile: str = "auto"
     steps_per_execution: int = 1
+    # Deterministic ops (tf.config.experimental.enable_op_determinism), so a
+    # resumed run ends with the weights of an uninterrupted one; slower.
+    deterministic: bool = False
     # Pretrained / transfer architectures.
     weights: str | None = None
     base_weights: str | None = None
@@ -92,6 +95,8 @@ class TrainConfig:
             bad("limit", "at least 2")
         if self.fine_tune_epochs < 0:
             bad("fine_tune_epochs", "0 or more")
+        if not isinstance(self.deterministic, bool):
+            bad("deterministic", "True or False")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

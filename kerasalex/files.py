@@ -407,26 +407,37 @@ def _check_weights_h5(zf, path: Path) -> None:
         except Exception as exc:  # h5py raises OSError / ValueError for damaged files
             raise ModelFileError(f"corrupt or incomplete model file: {path} (unreadable model.weights.h5)") from exc
         with h5:
+            # h5py cannot raise through its visit callbacks: collect, stop, raise after.
+            problems: list[str] = []
+
             def on_link(name, link):
                 if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-                    refuse(f"hold a {type(link).__name__} at {name!r}, which points outside the weights")
+                    problems.append(f"hold a {type(link).__name__} at {name!r}, which points outside the weights")
+                    return True
+                return None
 
             h5.visititems_links(on_link)
+            if problems:
+                refuse(problems[0])
 
             def on_object(name, obj):
                 if not isinstance(obj, h5py.Dataset):
-                    return
+                    return None
                 if obj.external:
-                    refuse(f"dataset {name!r} keeps its data in another file ({obj.external[0][0]!r})")
-                if obj.is_virtual:
-                    refuse(f"dataset {name!r} is a virtual dataset mapped from other files")
-                if obj.dtype.kind not in "fiub":
-                    refuse(f"dataset {name!r} has dtype {obj.dtype}, not numbers")
-                declared = int(obj.size) * obj.dtype.itemsize
-                if declared > MAX_DECLARED_BYTES and declared > 1000 * max(1, obj.id.get_storage_size()):
-                    refuse(f"dataset {name!r} declares {declared} bytes but stores {obj.id.get_storage_size()}")
+                    problems.append(f"dataset {name!r} keeps its data in another file ({obj.external[0][0]!r})")
+                elif obj.is_virtual:
+                    problems.append(f"dataset {name!r} is a virtual dataset mapped from other files")
+                elif obj.dtype.kind not in "fiub":
+                    problems.append(f"dataset {name!r} has dtype {obj.dtype}, not numbers")
+                else:
+                    declared, stored = int(obj.size) * obj.dtype.itemsize, obj.id.get_storage_size()
+                    if declared > MAX_DECLARED_BYTES and declared > 1000 * max(1, stored):
+                        problems.append(f"dataset {name!r} declares {declared} bytes but stores {stored}")
+                return True if problems else None
 
             h5.visititems(on_object)
+            if problems:
+                refuse(problems[0])
 
 
 def check_model_file(path: str | os.PathLike) -> dict:

@@ -295,6 +295,50 @@ def _build_or_resume(config: TrainConfig, arch, data, state: dict | None, steps:
 
 
 def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto") -> TrainResult:
+    """Trains ``config.arch`` on ``config.dataset`` into a run folder; see :func:`_train`.
+
+    The global Keras dtype policy is restored afterwards, so a library caller
+    (a notebook, the tuner, tests) is not left in mixed precision.
+    """
+    import keras
+
+    from kerasalex import callbacks as C
+
+    policy = keras.mixed_precision.global_policy()
+    # From here on SIGTERM (docker stop) / SIGINT stop the run cleanly: at the
+    # next batch boundary during fit, at once elsewhere (see GracefulStop).
+    stop = C.GracefulStop(raise_outside_fit=True).install()
+    try:
+        return _train(config, resume=resume, verbose=verbose, stop=stop)
+    except (C.TrainingInterrupted, C.StopNow, KeyboardInterrupt) as exc:
+        raise C.TrainingInterrupted(_interrupted_message(exc, getattr(stop, "run_dir", None))) from None
+    finally:
+        stop.uninstall()
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _interrupted_message(exc: BaseException, run_dir: Path | None) -> str:
+    """What was kept and how to resume, for a run stopped by a signal."""
+    from kerasalex import callbacks as C
+
+    why = str(exc) or "interrupted"
+    if run_dir is None:
+        return f"{why} before the run folder was chosen; nothing was written. Run the command again"
+    if not (Path(run_dir) / "config.json").exists():
+        return f"{why} before training started; nothing was trained. Run the same command again"
+    if (Path(run_dir) / "summary.json").exists():
+        return f"{why} after the run finished; its model and summary are in {run_dir}"
+    try:
+        done = (C.load_resume_state(run_dir) or {}).get("epochs_done", 0)
+    except ValueError:
+        done = 0
+    return (
+        f"{why}; {done} epoch(s) finished and saved in {run_dir}. "
+        f"Resume with: kerasalex train --resume --run-dir {run_dir}"
+    )
+
+
+def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto", stop=None) -> TrainResult:
     """Trains ``config.arch`` on ``config.dataset`` into a run folder.
 
     Args:
@@ -349,6 +393,8 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
         # chief writes the run folder; the others write into scratch.
         run_dir = worker_scratch_dir()
         config = config.replace(output=str(worker_output_path(run_dir)))
+    if stop is not None:
+        stop.run_dir = run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     files.remove_stale_temps(run_dir)
     files.remove_stale_temps(run_dir / "resume")
@@ -357,6 +403,10 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
     precision = resolve_precision(config.precision)
     set_precision(precision)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     arch = get_architecture(config.arch)
 
     # --- data -----------------------------------------------------------
@@ -396,7 +446,8 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
     history = [r for r in history if r["epoch"] <= initial_epoch]
     best = max((r.get("val_accuracy", -1) for r in history), default=None) if history else None
 
-    stop = C.GracefulStop().install()
+    if stop is None:
+        stop = C.GracefulStop()
     cbs = [
         C.StopOnDivergence(),
         C.EpochHistory(run_dir, n_train, history, title=f"{config.arch} on {data.name}"),
@@ -415,13 +466,8 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
         raise C.TrainingDiverged(
             f"training diverged ({exc}); lower --lr. The last good model and resume state in {run_dir} are unchanged"
         ) from None
-    except (C.TrainingInterrupted, KeyboardInterrupt) as exc:
-        done = (C.load_resume_state(run_dir) or {}).get("epochs_done", 0)
-        raise C.TrainingInterrupted(
-            f"{exc or 'interrupted'}; {done} epoch(s) finished and saved. Resume with: kerasalex train --resume --run-dir {run_dir}"
-        ) from None
     finally:
-        stop.uninstall()
+        stop.fitting = False
     fit_seconds = time.perf_counter() - fit_t0
 
     # --- outputs --------------------------------------------------------

@@ -52,6 +52,8 @@ def train_options(f):
 @click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=None, help="vgg16: epochs of fine-tuning after the head.")
 @click.option("--unfreeze-from", default=None, help="vgg16: first layer to unfreeze for fine-tuning [block5_conv1].")
 @click.option("--fine-tune-lr", type=float, default=None, help="vgg16: fine-tuning learning rate [1e-5].")
+@click.option("--deterministic/--no-deterministic", default=None,
+              help="Deterministic ops: a resumed run ends with an uninterrupted run's weights (slower) [off].")
 @click.option("--distribute", type=click.Choice(DISTRIBUTE_MODES), default=None, help="tf.distribute strategy [none].")
 @click.option("--hparams", type=click.Path(), default=None, help="JSON of option values (e.g. tune's best_hparams.json).")
 @click.option("--run-dir", type=click.Path(), default=None, help="Run folder [runs/<arch>-<dataset>-<time>].")

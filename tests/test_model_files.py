@@ -1,0 +1,421 @@
+"""Corrupt and hostile model files (issue #8, items 4 and 5).
+
+A truncated ``.keras`` is a clean "corrupt or incomplete model file" error;
+a hostile one (code, other files, zip tricks, legacy HDF5, pickled torch
+objects) is refused before Keras or torch deserializes anything. Every
+hostile fixture would create a sentinel file if its payload ran; the tests
+check it never appears. Where it is cheap, a fixture is first shown to be live
+(its payload does run when loaded unsafely), so a refusal is not vacuous.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_kerasalex
+
+CORRUPT = "corrupt or incomplete model file"
+
+
+# --------------------------------------------------------------------------
+# Fixtures: a tiny good model, and ways to rewrite its archive
+# --------------------------------------------------------------------------
+
+
+def tiny_model(classes=("a", "b")):
+    import keras
+
+    from kerasalex import preprocessing
+
+    inputs = preprocessing.image_input((8, 8, 3))
+    x = preprocessing.rescale_symmetric(inputs)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(len(classes), name="predictions")(x)
+    return keras.Model(inputs, preprocessing.class_names_head(x, list(classes), len(classes)), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    from kerasalex import files
+
+    path = tmp_path_factory.mktemp("good") / "good.keras"
+    files.save_model(tiny_model(), path)
+    return path
+
+
+def read_members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def write_members(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def with_config(good: Path, out: Path, edit) -> Path:
+    """A copy of ``good`` whose config.json went through ``edit(config)``."""
+    members = read_members(good)
+    config = json.loads(members["config.json"])
+    edit(config)
+    members["config.json"] = json.dumps(config).encode()
+    return write_members(out, members)
+
+
+def layer(config: dict, name: str) -> dict:
+    return next(l for l in config["config"]["layers"] if l["config"]["name"] == name)
+
+
+def replace_layer(config: dict, name: str, node: dict) -> None:
+    """Puts ``node`` (class_name/module/config) in place of layer ``name``, keeping its graph links."""
+    old = layer(config, name)
+    for key in ("class_name", "module", "registered_name", "config"):
+        old.pop(key, None)
+    old.update(node)
+
+
+def with_weights(good: Path, out: Path, edit) -> Path:
+    """A copy of ``good`` whose model.weights.h5 went through ``edit(h5py.File)``."""
+    import h5py
+
+    members = read_members(good)
+    h5_path = out.with_suffix(".h5.tmp")
+    h5_path.write_bytes(members["model.weights.h5"])
+    with h5py.File(h5_path, "r+") as h5:
+        edit(h5)
+    members["model.weights.h5"] = h5_path.read_bytes()
+    h5_path.unlink()
+    return write_members(out, members)
+
+
+def first_dataset(h5) -> str:
+    import h5py
+
+    names = []
+    h5.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.size > 1 else None)
+    return sorted(names)[0]
+
+
+# --------------------------------------------------------------------------
+# 4. Corrupt (truncated) model files
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["0", "1", "half"])
+def test_truncated_model_is_a_clean_corrupt_file_error(good, tmp_path, size):
+    from kerasalex import files
+
+    data = good.read_bytes()
+    n = {"0": 0, "1": 1, "half": len(data) // 2}[size]
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(data[:n])
+    with pytest.raises(files.ModelFileError, match=CORRUPT):
+        files.load_model(bad)
+
+
+def test_truncated_models_through_the_cli_exit_non_zero_without_traceback(good, tmp_path):
+    data = good.read_bytes()
+    for n in (0, 1, len(data) // 2):
+        bad = tmp_path / f"cut{n}.keras"
+        bad.write_bytes(data[:n])
+        r = run_kerasalex(["evaluate", bad, "--dataset", "digits"], cwd=tmp_path, timeout=300)
+        assert r.returncode != 0
+        assert CORRUPT in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr + r.stdout
+        assert "not found" not in r.stderr.lower()
+
+
+def test_a_good_model_passes_the_checks_and_loads(good):
+    from kerasalex import files
+    from kerasalex.models import get_class_names
+
+    files.check_model_file(good)
+    assert get_class_names(files.load_model(good)) == ["a", "b"]
+
+
+# --------------------------------------------------------------------------
+# 5. Hostile model files
+# --------------------------------------------------------------------------
+
+
+def lambda_keras(tmp: Path, sentinel: Path) -> Path:
+    import keras
+
+    s = str(sentinel)
+    inputs = keras.Input((2,))
+    out = keras.layers.Lambda(lambda x: (open(s, "w").close(), x)[1], name="payload")(inputs)  # noqa: SIM115
+    model = keras.Model(inputs, out)
+    if sentinel.exists():
+        sentinel.unlink()  # building ran it once; only loading counts
+    model.save(tmp / "lambda.keras")
+    return tmp / "lambda.keras"
+
+
+def legacy_h5(tmp: Path, sentinel: Path, name="model.h5") -> Path:
+    import keras
+
+    s = str(sentinel)
+    inputs = keras.Input((2,))
+    out = keras.layers.Lambda(lambda x: (open(s, "w").close(), x)[1], name="payload")(inputs)  # noqa: SIM115
+    model = keras.Model(inputs, out)
+    if sentinel.exists():
+        sentinel.unlink()
+    model.save(tmp / "model.h5")
+    if name != "model.h5":
+        (tmp / "model.h5").rename(tmp / name)
+    return tmp / name
+
+
+class _Touch:
+    """Unpickling this opens (creates) the sentinel file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def pickled_torch_module(sentinel: Path) -> str:
+    import base64
+
+    return base64.b64encode(pickle.dumps(_Touch(sentinel))).decode()
+
+
+def hostile_keras(kind: str, good: Path, tmp: Path, sentinel: Path) -> Path:
+    out = tmp / f"{kind}.keras"
+    if kind == "lambda":
+        return lambda_keras(tmp, sentinel)
+    if kind == "tfsm_layer":
+        return with_config(good, out, lambda c: replace_layer(c, "flatten", {
+            "class_name": "TFSMLayer", "module": "keras.layers",
+            "config": {"name": "flatten", "filepath": str(tmp / "saved_model"), "call_endpoint": "serve"}}))
+    if kind == "torch_module_wrapper":
+        return with_config(good, out, lambda c: replace_layer(c, "flatten", {
+            "class_name": "TorchModuleWrapper", "module": "keras.src.utils.torch_utils", "registered_name": "TorchModuleWrapper",
+            "config": {"name": "flatten", "module": pickled_torch_module(sentinel)}}))
+    if kind == "string_lookup_file":
+        vocab = tmp / "secret.txt"
+        vocab.write_text("secret\n")
+        return with_config(good, out, lambda c: replace_layer(c, "flatten", {
+            "class_name": "StringLookup", "module": "keras.layers",
+            "config": {"name": "flatten", "vocabulary": str(vocab)}}))
+    if kind == "integer_lookup_file":
+        return with_config(good, out, lambda c: replace_layer(c, "flatten", {
+            "class_name": "IntegerLookup", "module": "keras.layers",
+            "config": {"name": "flatten", "vocabulary": "/etc/hostname"}}))
+    if kind == "unlisted_layer":
+        return with_config(good, out, lambda c: replace_layer(c, "flatten", {
+            "class_name": "Embedding", "module": "keras.layers", "config": {"name": "flatten", "input_dim": 3, "output_dim": 2}}))
+    if kind == "unlisted_layer_no_module":
+        return with_config(good, out, lambda c: replace_layer(c, "flatten", {
+            "class_name": "TextVectorization", "config": {"name": "flatten", "vocabulary": str(sentinel)}}))
+    if kind == "foreign_module":
+        return with_config(good, out, lambda c: replace_layer(c, "flatten", {
+            "class_name": "system", "module": "os", "config": {"command": f"touch {sentinel}"}}))
+    if kind == "function_gadget":  # CVE-2025-8747 / -9906 style: a Keras function as a config value
+        return with_config(good, out, lambda c: layer(c, "predictions")["config"].update(activation={
+            "class_name": "function", "module": "keras.utils", "config": "get_file", "registered_name": None}))
+    if kind == "unsafe_switch_gadget":
+        return with_config(good, out, lambda c: layer(c, "predictions")["config"].update(activation={
+            "class_name": "function", "module": "keras.config", "config": "enable_unsafe_deserialization"}))
+    if kind == "lambda_marker":
+        return with_config(good, out, lambda c: layer(c, "predictions")["config"].update(activation={
+            "class_name": "__lambda__", "config": {"code": "", "defaults": None, "closure": None}}))
+    if kind == "registered_name_swap":
+        return with_config(good, out, lambda c: layer(c, "predictions").update(registered_name="kerasalex>Payload"))
+    if kind == "layer_name_traversal":  # CVE-2026-12479: layer names become temp paths
+        return with_config(good, out, lambda c: layer(c, "flatten")["config"].update(name="../../escape"))
+    if kind == "zip_slip_dotdot":
+        return write_members(out, {**read_members(good), "../sentinel": b"x"})
+    if kind == "zip_slip_absolute":
+        return write_members(out, {**read_members(good), str(sentinel): b"x"})
+    if kind == "unexpected_member":
+        return write_members(out, {**read_members(good), "assets/vocab.txt": b"x"})
+    if kind == "zip_bomb_ratio":
+        return write_members(out, {**read_members(good), "metadata.json": b"\0" * (64 * 1024 * 1024)}, zipfile.ZIP_DEFLATED)
+    if kind == "zip_bomb_members":
+        return write_members(out, {**read_members(good), **{f"config.json.{i}": b"x" for i in range(100)}})
+    if kind == "h5_external_storage":  # CVE-2026-1669: weights read from another file
+        secret = tmp / "secret.bin"
+        secret.write_bytes(np.arange(1024, dtype=np.float32).tobytes())
+
+        def external(h5):
+            name = first_dataset(h5)
+            shape, dtype = h5[name].shape, h5[name].dtype
+            del h5[name]
+            h5.create_dataset(name, shape=shape, dtype=dtype, external=[(str(secret), 0, int(np.prod(shape)) * dtype.itemsize)])
+
+        return with_weights(good, out, external)
+    if kind == "h5_external_link":
+        import h5py
+
+        other = tmp / "other.h5"
+        with h5py.File(other, "w") as h5:
+            h5["data"] = np.zeros(4, np.float32)
+
+        def link(h5):
+            name = first_dataset(h5)
+            del h5[name]
+            h5[name] = h5py.ExternalLink(str(other), "/data")
+
+        return with_weights(good, out, link)
+    if kind == "h5_shape_bomb":
+        def bomb(h5):
+            name = first_dataset(h5)
+            del h5[name]
+            h5.create_dataset(name, shape=(1 << 20, 1 << 12), dtype="float32", chunks=(1024, 64))
+
+        return with_weights(good, out, bomb)
+    if kind == "legacy_h5":
+        return legacy_h5(tmp, sentinel)
+    if kind == "legacy_hdf5":
+        return legacy_h5(tmp, sentinel, "model.hdf5")
+    if kind == "h5_renamed_keras":
+        return legacy_h5(tmp, sentinel, "model.keras")
+    raise AssertionError(kind)
+
+
+HOSTILE_KERAS = [
+    "lambda", "tfsm_layer", "torch_module_wrapper", "string_lookup_file", "integer_lookup_file",
+    "unlisted_layer", "unlisted_layer_no_module", "foreign_module", "function_gadget", "unsafe_switch_gadget",
+    "lambda_marker", "registered_name_swap", "layer_name_traversal", "zip_slip_dotdot", "zip_slip_absolute",
+    "unexpected_member", "zip_bomb_ratio", "zip_bomb_members", "h5_external_storage", "h5_external_link",
+    "h5_shape_bomb", "legacy_h5", "legacy_hdf5", "h5_renamed_keras",
+]
+
+
+@pytest.mark.parametrize("kind", HOSTILE_KERAS)
+def test_hostile_model_file_is_refused_before_keras_loads_it(kind, good, tmp_path, monkeypatch):
+    import keras
+
+    from kerasalex import files
+
+    sentinel = tmp_path / "SENTINEL"
+    path = hostile_keras(kind, good, tmp_path, sentinel)
+    assert not sentinel.exists()
+
+    def keras_must_not_run(*args, **kwargs):
+        raise AssertionError("keras.saving.load_model ran on a hostile file")
+
+    monkeypatch.setattr(keras.saving, "load_model", keras_must_not_run)
+    with pytest.raises(files.ModelFileError) as err:
+        files.load_model(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    assert "refused" in message or CORRUPT in message
+    assert not sentinel.exists()
+    assert not (tmp_path.parent / "sentinel").exists()
+
+
+def test_the_lambda_and_h5_fixtures_are_live(good, tmp_path):
+    """Loaded unsafely, the payloads run: the refusals above are not vacuous."""
+    import keras
+
+    sentinel = tmp_path / "SENTINEL"
+    keras.saving.load_model(lambda_keras(tmp_path, sentinel), safe_mode=False)
+    assert sentinel.exists()
+    sentinel.unlink()
+    keras.saving.load_model(legacy_h5(tmp_path, sentinel), safe_mode=False)
+    assert sentinel.exists()
+
+
+def test_zip_size_limit(good, tmp_path, monkeypatch):
+    from kerasalex import files
+
+    monkeypatch.setattr(files, "MAX_MODEL_BYTES", 1000)
+    with pytest.raises(files.ModelFileError, match="limit 1000"):
+        files.check_model_file(good)
+
+
+def test_hostile_model_through_the_cli_is_one_line(good, tmp_path):
+    sentinel = tmp_path / "SENTINEL"
+    path = hostile_keras("torch_module_wrapper", good, tmp_path, sentinel)
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(img)
+    r = run_kerasalex(["predict", path, img], cwd=tmp_path, timeout=300)
+    assert r.returncode != 0
+    assert "refused to load" in r.stderr and "TorchModuleWrapper" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not sentinel.exists()
+
+
+# --------------------------------------------------------------------------
+# 5. Hostile .pth files (kerasalex.porting: weights_only=True, no fallback)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch", reason="torch is not installed (pip install 'kerasalex[torch]')")
+
+
+def hostile_pth(kind: str, torch, tmp: Path, sentinel: Path) -> Path:
+    path = tmp / f"{kind}.pth"
+    if kind == "reduce_payload":
+        torch.save({"features.0.weight": torch.zeros(2), "x": _Touch(sentinel)}, path)
+    elif kind == "legacy_format_payload":
+        torch.save({"w": _Touch(sentinel)}, path, _use_new_zipfile_serialization=False)
+    elif kind == "nested_checkpoint":
+        torch.save({"model": {"w": torch.zeros(2)}, "epoch": 3}, path)
+    elif kind == "not_a_mapping":
+        torch.save([torch.zeros(2)], path)
+    elif kind == "plain_pickle":
+        path.write_bytes(pickle.dumps(_Touch(sentinel)))
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+HOSTILE_PTH = ["reduce_payload", "legacy_format_payload", "nested_checkpoint", "not_a_mapping", "plain_pickle"]
+
+
+@pytest.mark.parametrize("kind", HOSTILE_PTH)
+def test_hostile_pth_is_refused_and_never_runs(kind, torch, tmp_path):
+    porting = pytest.importorskip("kerasalex.porting", reason="kerasalex.porting (issue #3) is not there yet")
+    sentinel = tmp_path / "SENTINEL"
+    path = hostile_pth(kind, torch, tmp_path, sentinel)
+    assert not sentinel.exists()
+    with pytest.raises(ValueError) as err:
+        porting.load_state_dict(path)
+    assert str(path) in str(err.value)
+    assert not sentinel.exists()
+
+
+def test_pth_payload_fixture_is_live(torch, tmp_path):
+    sentinel = tmp_path / "SENTINEL"
+    path = hostile_pth("reduce_payload", torch, tmp_path, sentinel)
+    torch.load(path, weights_only=False)
+    assert sentinel.exists()
+
+
+def test_porting_never_falls_back_to_unsafe_torch_load():
+    porting = pytest.importorskip("kerasalex.porting", reason="kerasalex.porting (issue #3) is not there yet")
+    source = Path(porting.__file__).read_text()
+    assert "weights_only=True" in source
+    assert "weights_only=False" not in source
+
+
+def test_pinned_versions_carry_the_known_fixes():
+    import importlib.metadata as md
+
+    from packaging.version import Version
+
+    assert Version(md.version("keras")) >= Version("3.15.1")
+    try:
+        assert Version(md.version("torch").split("+")[0]) >= Version("2.10")
+    except md.PackageNotFoundError:
+        pass
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"keras>=3.15.1,' in text and '"torch>=2.10"' in text
