@@ -21,6 +21,7 @@ COMMANDS = {
     "study": "kerasalex.commands.study:study",
     "compare": "kerasalex.commands.study:compare",
     "port-weights": "kerasalex.commands.port:port_weights",
+    "tune": "kerasalex.commands.tune:tune",
 }
 
 
