@@ -143,6 +143,21 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             label_smoothing=0.1, schedule="cosine", warmup_epochs=1.0, augment=True,
             batch_size=64, epochs=10, dropout=0.5, freeze_base=False,
         ),
+        # VGG16 transfer, two stages (kerasalex.transfer). Stage 1: the study's
+        # head over the frozen ImageNet base, trained on cached base features
+        # (so no augmentation: the cache needs the same input every epoch),
+        # which makes an epoch cost a few dense layers. Adam 1e-3 with a
+        # 1-epoch warm-up and cosine decay, batch 128, 10 epochs; dropout 0.5
+        # and label smoothing 0.1 against the study's head, which memorised the
+        # training set by epoch 7 (train 100%, val loss rising). Stage 2: the
+        # keras-io recipe, block5 unfrozen at Adam 1e-5 (cosine-decayed) for
+        # 8 epochs, end to end at 224 px; weight decay 0 (Keras's decoupled
+        # decay is scaled by the learning rate, so it would be inert at 1e-5).
+        "vgg16": dict(
+            optimizer="adam", lr=1e-3, weight_decay=0.0, label_smoothing=0.1, schedule="cosine",
+            warmup_epochs=1.0, augment=False, batch_size=128, epochs=10, dropout=0.5, freeze_base=True,
+            fine_tune_epochs=8, unfreeze_from="block5_conv1", fine_tune_lr=1e-5,
+        ),
     },
 }
 

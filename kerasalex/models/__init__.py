@@ -86,6 +86,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "ImageNet VGG16 base (frozen by default) + the study's dense head, fed at 224 px inside the model",
             image_size=32,
             min_image_size=8,
+            fit="kerasalex.transfer:fit_transfer",
         ),
     ]
 }
