@@ -262,7 +262,8 @@ def _prepare_data(config: TrainConfig):
         raise ValueError(f"--image-size {size} is too small for {config.arch} (at least {arch.min_image_size})")
     ds = D.load_data(config.dataset, config.data_dir, image_size=size)
     ds = D.carve_validation(ds, config.val_split, config.limit)
-    return ds
+    # Training never touches the test split: do not hold it in memory.
+    return dataclasses.replace(ds, test=None)
 
 
 def _build_or_resume(config: TrainConfig, arch, data, state: dict | None, steps: int):
