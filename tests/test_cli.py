@@ -151,6 +151,17 @@ def test_hparams_file_feeds_train(tmp_path):
     assert (cfg["lr"], cfg["optimizer"], cfg["dropout"]) == (0.003, "adam", 0.25)
 
 
+def test_hparams_file_dataset_holds_unless_the_command_line_names_one(tmp_path):
+    hp = {"arch": "alexnet", "dataset": "digits", "image_size": 16, "limit": 40, "batch_size": 20,
+          "epochs": 1, "precision": "float32"}
+    (tmp_path / "best.json").write_text(json.dumps(hp))
+    invoke(["train", "--hparams", "best.json", "--run-dir", "f", "-o", "f.keras"], tmp_path)
+    assert json.loads((tmp_path / "f" / "config.json").read_text())["config"]["dataset"] == "digits"
+    # An explicit --dataset wins over the file (a missing folder: refused before training).
+    r = invoke(["train", "--hparams", "best.json", "--dataset", "no-such-folder", "--run-dir", "g"], tmp_path, expect=None)
+    assert r.exit_code != 0 and "no-such-folder" in r.output
+
+
 def test_resume_continues_from_the_last_finished_epoch(tmp_path, monkeypatch):
     from kerasalex import callbacks
 

@@ -77,7 +77,13 @@ def train(arch, recipe, hparams, resume, **options):
     with user_errors():
         hp = load_hparams(hparams) if hparams else None
         if hp:
-            arch = hp.pop("arch", arch)
+            # An option given on the command line beats the file; a default does not.
+            ctx = click.get_current_context()
+            explicit = lambda name: ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT  # noqa: E731
+            file_arch = hp.pop("arch", arch)
+            arch = arch if explicit("arch") else file_arch
+            if not explicit("dataset"):
+                options["dataset"] = None
         from kerasalex.models import get_architecture
 
         get_architecture(arch)
