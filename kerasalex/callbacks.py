@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 import signal
 import threading
 import time
@@ -31,6 +32,16 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """SIGTERM / SIGINT arrived; training stopped at a batch boundary."""
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention, 128 + the signal's number: 130 for Ctrl-C,
+        143 for SIGTERM (the message names the signal)."""
+        m = re.search(r"signal (SIG[A-Z0-9]+)", str(self))
+        try:
+            return 128 + int(signal.Signals[m.group(1)]) if m else 130
+        except KeyError:
+            return 130
 
 
 class StopNow(BaseException):

@@ -284,6 +284,17 @@ def test_without_raise_outside_fit_a_signal_is_only_recorded():
         stop.uninstall()
 
 
+def test_exit_status_follows_the_signal_as_shells_do():
+    """Ctrl-C -> 130, SIGTERM -> 143, also through the wrapped message train prints."""
+    from kerasalex.callbacks import TrainingInterrupted
+    from kerasalex.training import _interrupted_message
+
+    assert TrainingInterrupted("stopped by signal SIGINT").exit_code == 130
+    assert TrainingInterrupted("stopped by signal SIGTERM").exit_code == 143
+    wrapped = _interrupted_message(TrainingInterrupted("stopped by signal SIGINT"), None)
+    assert TrainingInterrupted(wrapped).exit_code == 130
+
+
 # --------------------------------------------------------------------------
 # 3. Kill-safe writes
 # --------------------------------------------------------------------------

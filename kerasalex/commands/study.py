@@ -65,7 +65,7 @@ def study(models, **options):
             result = run_study(models=names, log=lambda m: click.echo(f"[kerasalex] {m}"), **options)
         except TrainingInterrupted as exc:
             click.echo(f"Interrupted: {exc}. Run the same `kerasalex study` command to resume.", err=True)
-            sys.exit(143)
+            sys.exit(exc.exit_code)
         except TrainingDiverged as exc:
             raise click.ClickException(str(exc)) from None
     click.echo("")

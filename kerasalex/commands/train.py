@@ -92,7 +92,7 @@ def train(arch, recipe, hparams, resume, **options):
             result = run_train(config, resume=resume)
         except TrainingInterrupted as exc:
             click.echo(f"Interrupted: {exc}", err=True)
-            sys.exit(143)
+            sys.exit(exc.exit_code)
         except TrainingDiverged as exc:
             raise click.ClickException(str(exc)) from None
     s = result.summary
