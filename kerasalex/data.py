@@ -410,6 +410,15 @@ def dataset_name(dataset: str) -> str:
     return dataset if dataset in NAMED_DATASETS else Path(dataset).name or dataset
 
 
+def display_name(dataset: str) -> str:
+    """A dataset's name for people: ``cifar10``, or the folder with its parent
+    (``cifar10-jpeg/train``: a bare ``train`` says nothing)."""
+    if dataset in NAMED_DATASETS:
+        return dataset
+    p = Path(dataset)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name or dataset
+
+
 def load_data(
     dataset: str = "cifar10",
     data_dir: str | None = None,

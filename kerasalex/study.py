@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from kerasalex import files
+from kerasalex.data import display_name
 
 STUDY_MODELS = ("alexnet", "alexnet-torch", "vgg16")
 DESCRIPTIONS = {
@@ -43,17 +44,6 @@ PINNED = ("recipe", "dataset", "data_dir", "epochs", "limit", "image_size", "bat
 
 def _say(msg: str) -> None:
     print(f"[kerasalex] {msg}", flush=True)
-
-
-def display_name(dataset: str) -> str:
-    """A dataset's name for people: ``cifar10``, or the folder with its parent
-    (``cifar10-jpeg/train``: a bare ``train`` says nothing)."""
-    from kerasalex.data import NAMED_DATASETS
-
-    if dataset in NAMED_DATASETS:
-        return dataset
-    p = Path(dataset)
-    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name or dataset
 
 
 def default_study_dir(dataset: str, recipe: str) -> Path:

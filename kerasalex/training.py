@@ -449,9 +449,11 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
 
     if stop is None:
         stop = C.GracefulStop()
+    from kerasalex.data import display_name
+
     cbs = [
         C.StopOnDivergence(),
-        C.EpochHistory(run_dir, n_train, history, title=f"{config.arch} on {data.name}"),
+        C.EpochHistory(run_dir, n_train, history, title=f"{config.arch} on {display_name(config.dataset)}"),
         C.ResumeState(run_dir),
         C.BestCheckpoint(run_dir / "best.keras", best=best) if data.val is not None else None,
         stop,
