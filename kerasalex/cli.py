@@ -47,7 +47,7 @@ def cli():
 
     \b
     Quick start (offline, a few minutes on a CPU):
-      kerasalex train --arch alexnet --dataset digits --epochs 5
+      kerasalex train --arch alexnet --dataset digits --epochs 10 --batch-size 32
       kerasalex evaluate saved_models/<run>.keras --dataset digits
     """
 
