@@ -248,6 +248,21 @@ def test_python_dash_m_entry_point(tmp_path):
     assert r.returncode == 0 and "alexnet" in r.stdout
 
 
+def test_cpu_training_runs_one_op_at_a_time_unless_told_otherwise(tmp_path):
+    """A fresh CPU-only process limits TensorFlow's inter-op threads to 1 (lower
+    peak memory); TF_NUM_INTEROP_THREADS, when set, is left to TensorFlow."""
+    from tests.conftest import run_kerasalex
+
+    args = ["train", *FAST, "--limit", "40", "--batch-size", "20", "--epochs", "1"]
+    env = {k: "" for k in ("TF_NUM_INTEROP_THREADS", "CUDA_VISIBLE_DEVICES")}
+    env["CUDA_VISIBLE_DEVICES"] = "-1"
+    for name, extra, expected in (("one", {}, 1), ("told", {"TF_NUM_INTEROP_THREADS": "2"}, 0)):
+        r = run_kerasalex([*args, "--run-dir", name, "-o", f"{name}.keras"], cwd=tmp_path, env={**env, **extra})
+        assert r.returncode == 0, r.stderr[-2000:]
+        resolved = json.loads((tmp_path / name / "config.json").read_text())["resolved"]
+        assert resolved["inter_op_threads"] == expected
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_real_cifar10_jpegs_train_briefly_and_beat_chance(tmp_path, monkeypatch):
