@@ -419,3 +419,53 @@ def test_pinned_versions_carry_the_known_fixes():
         pass
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"keras>=3.15.1,' in text and '"torch>=2.10"' in text
+
+
+# --------------------------------------------------------------------------
+# Our .keras writer: large variables written block by block
+# --------------------------------------------------------------------------
+
+
+def test_block_written_weights_equal_keras_own_save(tmp_path, monkeypatch):
+    """With every variable above the block size (so each one is written in
+    row blocks, the optimizer's too), the archive holds exactly what Keras'
+    own ``model.save`` writes, loads back to the same weights and optimizer
+    state, and Keras' saving code is left as it was."""
+    import h5py
+    import keras
+
+    from kerasalex import files
+    from keras.src.optimizers import base_optimizer
+    from keras.src.saving import saving_lib
+
+    monkeypatch.setattr(files, "H5_BLOCK_BYTES", 40)  # a 3-row block of a (N, 3) float32 kernel
+    model = tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    x = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3)).astype("uint8")
+    model.fit(x, np.ones((4, 2), "float32"), epochs=1, verbose=0)
+    before = (saving_lib.H5IOStore.__setitem__, base_optimizer.BaseOptimizer.save_own_variables)
+
+    ours, theirs = tmp_path / "ours.keras", tmp_path / "theirs.keras"
+    files.save_model(model, ours)
+    model.save(theirs)
+    assert (saving_lib.H5IOStore.__setitem__, base_optimizer.BaseOptimizer.save_own_variables) == before
+
+    def datasets(path, out):
+        with zipfile.ZipFile(path) as zf:
+            zf.extract("model.weights.h5", out)
+        found = {}
+        with h5py.File(out / "model.weights.h5") as h5:
+            h5.visititems(lambda name, obj: found.__setitem__(name, (obj.dtype, obj[()])) if isinstance(obj, h5py.Dataset) else None)
+        return found
+
+    a, b = datasets(ours, tmp_path / "a"), datasets(theirs, tmp_path / "b")
+    assert sorted(a) == sorted(b) and any("optimizer" in k for k in a)
+    assert any(v[1].shape[0] > 3 for v in a.values())  # some variable really was split into blocks
+    for name in a:
+        assert a[name][0] == b[name][0] and np.array_equal(a[name][1], b[name][1]), name
+
+    loaded = keras.saving.load_model(ours)  # compiled: the optimizer state comes back too
+    for w, v in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(v))
+    for w, v in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(v))
