@@ -54,6 +54,11 @@ def cli():
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's oneDNN CPU allocator keeps every buffer it ever held in
+    # its own pool; the system allocator gives them back. Measured on the
+    # scratch AlexNet (2 cores, bfloat16): steady RSS in training 949 vs
+    # 1,351 MiB, peak 1,282 vs 1,397 MiB. Set it to 0 to get the pool back.
+    os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
     # Let writes past `ulimit -f` fail with EFBIG (reported as a full disk)
     # instead of killing the process with SIGXFSZ mid-write.
     if hasattr(signal, "SIGXFSZ"):

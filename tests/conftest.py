@@ -16,10 +16,20 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _environment(changes) -> dict:
+    """os.environ with ``changes`` applied (a value of None removes the variable)."""
+    e = dict(os.environ)
+    for k, v in (changes or {}).items():
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = v
+    return e
+
+
 def run_python(code: str, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
     """Runs ``code`` in a fresh Python process (fresh TensorFlow state)."""
-    e = dict(os.environ)
-    e.update(env or {})
+    e = _environment(env)
     return subprocess.run(
         [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e
     )
@@ -27,8 +37,7 @@ def run_python(code: str, cwd=None, timeout=300, env=None) -> subprocess.Complet
 
 def run_kerasalex(args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
     """Runs the real ``kerasalex`` CLI in a subprocess (``python -m kerasalex``)."""
-    e = dict(os.environ)
-    e.update(env or {})
+    e = _environment(env)
     return subprocess.run(
         [sys.executable, "-m", "kerasalex", *map(str, args)],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e,

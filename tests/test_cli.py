@@ -52,6 +52,22 @@ def test_help_lists_every_command_without_importing_tensorflow():
     assert "tf False" in r.stdout
 
 
+def test_cli_picks_the_system_allocator_unless_told_otherwise():
+    """TensorFlow's oneDNN pool allocator keeps freed buffers (~400 MiB more
+    resident in training); the command line asks for the system allocator
+    before TensorFlow is imported, and leaves a user's own choice alone."""
+    from tests.conftest import run_python
+
+    code = (
+        "import os, sys; sys.argv = ['kerasalex', '--help']\n"
+        "from kerasalex.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('value', os.environ.get('TF_ONEDNN_USE_SYSTEM_ALLOCATOR'), 'tensorflow' in sys.modules)"
+    )
+    assert "value 1 False" in run_python(code, env={"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": None}).stdout
+    assert "value 0 False" in run_python(code, env={"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "0"}).stdout
+
+
 def test_train_writes_the_run_folder(trained):
     cwd, run, output = trained
     assert "Done: 2 epochs" in output
