@@ -54,11 +54,21 @@ def cli():
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # TensorFlow's oneDNN CPU allocator keeps every buffer it ever held in
-    # its own pool; the system allocator gives them back. Measured on the
-    # scratch AlexNet (2 cores, bfloat16): steady RSS in training 949 vs
-    # 1,351 MiB, peak 1,282 vs 1,397 MiB. Set it to 0 to get the pool back.
-    os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+    # KERASALEX_LOW_MEMORY=1 trades speed for memory on CPUs: TensorFlow's
+    # system allocator instead of oneDNN's pool, which keeps every buffer it
+    # ever held, and one inter-op thread (kerasalex.training). Measured on the
+    # scratch AlexNet, 50,000 CIFAR images, 2 cores, bfloat16: peak RSS 1,405
+    # MB at 115 images/s, against the default's ~1.7 GB at ~200 images/s
+    # (benchmarks/bench_train.py). Not the default: the pool is the speed.
+    from kerasalex.config import low_memory_requested
+
+    try:
+        low_memory = low_memory_requested()
+    except ValueError as e:
+        click.ClickException(str(e)).show()
+        return 1
+    if low_memory:
+        os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
     # Let writes past `ulimit -f` fail with EFBIG (reported as a full disk)
     # instead of killing the process with SIGXFSZ mid-write.
     if hasattr(signal, "SIGXFSZ"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,17 @@ SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 JIT_MODES = ("auto", "on", "off")
 DISTRIBUTE_MODES = ("none", "mirrored", "multi-worker")
+
+
+def low_memory_requested() -> bool:
+    """Whether the environment variable ``KERASALEX_LOW_MEMORY`` asks for the
+    low-memory CPU settings (system allocator, one inter-op thread)."""
+    value = os.environ.get("KERASALEX_LOW_MEMORY", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"KERASALEX_LOW_MEMORY must be 1 or 0. Received: {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

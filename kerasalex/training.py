@@ -55,11 +55,12 @@ def gpu_devices() -> list:
 
 
 def limit_cpu_inter_op_threads(distribute: str) -> int | None:
-    """On a CPU-only machine, runs one TensorFlow op at a time (each op still
-    uses every core): measured on the scratch AlexNet with 2 cores, the peak
-    RSS of training drops by ~170 MB (fewer variable-sized temporaries alive
-    at once in the optimizer step) at the same speed. Left alone with a GPU,
-    under a tf.distribute strategy (replicas' collectives must run
+    """With ``KERASALEX_LOW_MEMORY=1`` on a CPU-only machine, runs one
+    TensorFlow op at a time (each op still uses every core): on the scratch
+    AlexNet with 2 cores the peak RSS of training drops by ~55-170 MB (fewer
+    temporaries alive at once in the optimizer step), but it trains ~15%
+    slower (171 vs 204 images/s), so it is not the default. Left alone with a
+    GPU, under a tf.distribute strategy (replicas' collectives must run
     concurrently), when ``TF_NUM_INTEROP_THREADS`` is set, or when the
     TensorFlow runtime already started in this process.
 
@@ -68,7 +69,10 @@ def limit_cpu_inter_op_threads(distribute: str) -> int | None:
     """
     import tensorflow as tf
 
-    if distribute == "none" and not os.environ.get("TF_NUM_INTEROP_THREADS") and not gpu_devices():
+    from kerasalex.config import low_memory_requested
+
+    if (low_memory_requested() and distribute == "none" and not os.environ.get("TF_NUM_INTEROP_THREADS")
+            and not gpu_devices()):
         try:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:
@@ -461,7 +465,9 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
                          "skipped_files": data.skipped, "parameters": int(model.count_params()),
                          "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
                          "jit_compile": bool(model.jit_compile), "replicas": int(strategy.num_replicas_in_sync),
-                         "inter_op_threads": inter_op},
+                         "inter_op_threads": inter_op,
+                         "onednn_allocator": ("system" if os.environ.get("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "").lower()
+                                              in ("1", "true") else "pool")},
         },
     )
     if not resume:

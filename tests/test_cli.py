@@ -52,20 +52,27 @@ def test_help_lists_every_command_without_importing_tensorflow():
     assert "tf False" in r.stdout
 
 
-def test_cli_picks_the_system_allocator_unless_told_otherwise():
-    """TensorFlow's oneDNN pool allocator keeps freed buffers (~400 MiB more
-    resident in training); the command line asks for the system allocator
-    before TensorFlow is imported, and leaves a user's own choice alone."""
+def test_low_memory_mode_picks_the_system_allocator_and_only_when_asked():
+    """oneDNN's pool allocator (TensorFlow's default, the fast one) stays unless
+    KERASALEX_LOW_MEMORY=1 asks for the system allocator, set before
+    TensorFlow is imported; a user's own TF_ONEDNN_USE_SYSTEM_ALLOCATOR holds;
+    a bad value is one clear error."""
     from tests.conftest import run_python
 
     code = (
         "import os, sys; sys.argv = ['kerasalex', '--help']\n"
         "from kerasalex.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    print('exit', e.code)\n"
         "print('value', os.environ.get('TF_ONEDNN_USE_SYSTEM_ALLOCATOR'), 'tensorflow' in sys.modules)"
     )
-    assert "value 1 False" in run_python(code, env={"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": None}).stdout
-    assert "value 0 False" in run_python(code, env={"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "0"}).stdout
+    base = {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": None, "KERASALEX_LOW_MEMORY": None}
+    assert "value None False" in run_python(code, env=base).stdout
+    assert "value 1 False" in run_python(code, env={**base, "KERASALEX_LOW_MEMORY": "1"}).stdout
+    assert "value 0 False" in run_python(
+        code, env={"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "0", "KERASALEX_LOW_MEMORY": "1"}).stdout
+    bad = run_python(code, env={**base, "KERASALEX_LOW_MEMORY": "lots"})
+    assert "KERASALEX_LOW_MEMORY must be 1 or 0" in bad.stdout + bad.stderr
+    assert "value None" in bad.stdout
 
 
 def test_train_writes_the_run_folder(trained):
@@ -264,19 +271,25 @@ def test_python_dash_m_entry_point(tmp_path):
     assert r.returncode == 0 and "alexnet" in r.stdout
 
 
-def test_cpu_training_runs_one_op_at_a_time_unless_told_otherwise(tmp_path):
-    """A fresh CPU-only process limits TensorFlow's inter-op threads to 1 (lower
-    peak memory); TF_NUM_INTEROP_THREADS, when set, is left to TensorFlow."""
+def test_low_memory_cpu_training_runs_one_op_at_a_time(tmp_path):
+    """By default TensorFlow keeps its inter-op threads and oneDNN pool (speed);
+    KERASALEX_LOW_MEMORY=1 on a CPU-only machine limits inter-op threads to 1
+    and uses the system allocator, both recorded in config.json;
+    TF_NUM_INTEROP_THREADS, when set, is left to TensorFlow."""
     from tests.conftest import run_kerasalex
 
     args = ["train", *FAST, "--limit", "40", "--batch-size", "20", "--epochs", "1"]
-    env = {k: "" for k in ("TF_NUM_INTEROP_THREADS", "CUDA_VISIBLE_DEVICES")}
-    env["CUDA_VISIBLE_DEVICES"] = "-1"
-    for name, extra, expected in (("one", {}, 1), ("told", {"TF_NUM_INTEROP_THREADS": "2"}, 0)):
+    env = {"TF_NUM_INTEROP_THREADS": None, "CUDA_VISIBLE_DEVICES": "-1",
+           "KERASALEX_LOW_MEMORY": None, "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": None}
+    for name, extra, threads, allocator in (
+        ("default", {}, 0, "pool"),
+        ("low", {"KERASALEX_LOW_MEMORY": "1"}, 1, "system"),
+        ("told", {"KERASALEX_LOW_MEMORY": "1", "TF_NUM_INTEROP_THREADS": "2"}, 0, "system"),
+    ):
         r = run_kerasalex([*args, "--run-dir", name, "-o", f"{name}.keras"], cwd=tmp_path, env={**env, **extra})
         assert r.returncode == 0, r.stderr[-2000:]
         resolved = json.loads((tmp_path / name / "config.json").read_text())["resolved"]
-        assert resolved["inter_op_threads"] == expected
+        assert (resolved["inter_op_threads"], resolved["onednn_allocator"]) == (threads, allocator), name
 
 
 @pytest.mark.slow
