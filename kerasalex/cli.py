@@ -58,7 +58,7 @@ def main(argv=None):
     # system allocator instead of oneDNN's pool, which keeps every buffer it
     # ever held, and one inter-op thread (kerasalex.training). Measured on the
     # scratch AlexNet, 50,000 CIFAR images, 2 cores, bfloat16: peak RSS 1,405
-    # MB at 115 images/s, against the default's ~1.7 GB at ~200 images/s
+    # MB at 115 images/s, against the default's 1,868 MB at 193 images/s
     # (benchmarks/bench_train.py). Not the default: the pool is the speed.
     from kerasalex.config import low_memory_requested
 

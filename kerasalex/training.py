@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kerasalex import files
-from kerasalex.config import TrainConfig
+from kerasalex.config import TrainConfig, low_memory_requested
 
 RUNS_ROOT = "runs"
 
@@ -68,8 +68,6 @@ def limit_cpu_inter_op_threads(distribute: str) -> int | None:
         The inter-op thread count now in effect (0 = TensorFlow's default).
     """
     import tensorflow as tf
-
-    from kerasalex.config import low_memory_requested
 
     if (low_memory_requested() and distribute == "none" and not os.environ.get("TF_NUM_INTEROP_THREADS")
             and not gpu_devices()):
