@@ -36,3 +36,4 @@ def _started_as_cli() -> bool:
 if not _started_as_cli():
     from kerasalex import preprocessing  # noqa: E402,F401  (registers layers)
     from kerasalex import models  # noqa: E402,F401
+    from kerasalex import optimizers  # noqa: E402,F401  (registers FusedSGD)

@@ -359,6 +359,8 @@ ALLOWED_LAYERS = frozenset(
         "ClassNames", "ChannelReverse", "CachedFeatures",
     }
 )
+# kerasalex's optimizers (plain value objects, registered as "kerasalex>Name").
+KERASALEX_OPTIMIZERS = frozenset({"FusedSGD"})
 REFUSED_LAYERS = frozenset(
     {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer",
      "StringLookup", "IntegerLookup", "TextVectorization", "Hashing"}
@@ -427,6 +429,9 @@ def _check_object(node: dict, path: Path) -> None:
     if not module:  # legacy configs name layers without a module
         if class_name not in ALLOWED_LAYERS:
             refuse(f"class {class_name!r} (no module) is not on kerasalex's layer allowlist")
+    elif module == "kerasalex.optimizers":
+        if class_name not in KERASALEX_OPTIMIZERS:
+            refuse(f"optimizer class {class_name!r} is not one of kerasalex's ({', '.join(sorted(KERASALEX_OPTIMIZERS))})")
     elif _in_modules(module, _LAYER_MODULES):
         if class_name not in ALLOWED_LAYERS:
             refuse(f"layer class {class_name!r} is not on kerasalex's allowlist")
@@ -608,6 +613,7 @@ def load_model(path: str | os.PathLike, compile: bool = False):
     """
     import keras
 
+    import kerasalex.optimizers  # noqa: F401  (registers FusedSGD)
     import kerasalex.preprocessing  # noqa: F401  (registers custom layers)
 
     check_model_file(path)

@@ -177,7 +177,10 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_epochs: int 
             schedule = keras.optimizers.schedules.CosineDecay(initial_learning_rate=lr, decay_steps=total, alpha=0.0)
     wd = float(config.weight_decay) or None
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=config.nesterov, weight_decay=wd)
+        # keras.optimizers.SGD's arithmetic, updated in place (kerasalex.optimizers).
+        from kerasalex.optimizers import FusedSGD
+
+        return FusedSGD(schedule, momentum=config.momentum, nesterov=config.nesterov, weight_decay=wd)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(schedule, weight_decay=wd)
     return keras.optimizers.AdamW(schedule, weight_decay=wd if wd is not None else 0.004)
