@@ -56,10 +56,9 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # KERASALEX_LOW_MEMORY=1 trades speed for memory on CPUs: TensorFlow's
     # system allocator instead of oneDNN's pool, which keeps every buffer it
-    # ever held, and one inter-op thread (kerasalex.training). Measured on the
-    # scratch AlexNet, 50,000 CIFAR images, 2 cores, bfloat16: peak RSS 1,405
-    # MB at 115 images/s, against the default's 1,868 MB at 193 images/s
-    # (benchmarks/bench_train.py). Not the default: the pool is the speed.
+    # ever held, and one inter-op thread (kerasalex.training). Not the
+    # default: the pool is the speed, and the defaults already meet the
+    # 1.5 GB target (figures in the README's Benchmarks section).
     from kerasalex.config import low_memory_requested
 
     try:
