@@ -20,9 +20,10 @@ def _mlp(seed=0):
     return keras.Model(inputs, outputs)
 
 
-def _train(optimizer, run_eagerly, steps=6):
+def _train(optimizer, mode, steps=6):
     model = _mlp()
-    model.compile(optimizer=optimizer, loss=keras.losses.MeanSquaredError(), run_eagerly=run_eagerly)
+    model.compile(optimizer=optimizer, loss=keras.losses.MeanSquaredError(), run_eagerly=mode == "eager",
+                  jit_compile=mode == "xla")
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8 * steps, 6)).astype("float32")
     y = rng.normal(size=(8 * steps, 3)).astype("float32")
@@ -30,7 +31,7 @@ def _train(optimizer, run_eagerly, steps=6):
     return model
 
 
-@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
+@pytest.mark.parametrize("mode", ["graph", "eager", "xla"])
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -41,10 +42,10 @@ def _train(optimizer, run_eagerly, steps=6):
     ],
     ids=["nesterov-wd", "momentum", "plain-wd", "nesterov"],
 )
-def test_matches_keras_sgd(kwargs, run_eagerly):
+def test_matches_keras_sgd(kwargs, mode):
     schedule = keras.optimizers.schedules.CosineDecay(0.001, decay_steps=12, warmup_target=0.05, warmup_steps=3)
-    ours = _train(FusedSGD(schedule, **kwargs), run_eagerly)
-    theirs = _train(keras.optimizers.SGD(schedule, **kwargs), run_eagerly)
+    ours = _train(FusedSGD(schedule, **kwargs), mode)
+    theirs = _train(keras.optimizers.SGD(schedule, **kwargs), mode)
     start = _mlp()
     for a, b, s in zip(ours.get_weights(), theirs.get_weights(), start.get_weights()):
         assert not np.allclose(a, s)  # it trained
