@@ -64,6 +64,8 @@ class FusedSGD(keras.optimizers.SGD):
         # In a tf.function the chain orders the updates; eagerly ops run in
         # program order anyway (and return no op to chain).
         previous = getattr(self, "_previous_update", None)
+        if getattr(previous, "graph", None) is not tf.compat.v1.get_default_graph():
+            previous = None  # from another trace
         with tf.control_dependencies([previous] if previous is not None else []):
             if self.weight_decay is not None and self._use_weight_decay(variable):
                 wd = tf.cast(self.weight_decay, var.dtype)

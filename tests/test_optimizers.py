@@ -101,3 +101,36 @@ def test_other_optimizer_classes_from_kerasalex_are_refused(tmp_path):
             zf.writestr(n, data)
     with pytest.raises(files.ModelFileError, match="optimizer class 'EvilSGD' is not one of kerasalex's"):
         files.load_model(bad, compile=True)
+
+
+def test_updates_run_one_after_another():
+    """In a traced step every variable's update waits for the previous one's
+    (through its weight decay), so their temporaries never coexist."""
+    import tensorflow as tf
+
+    variables = [keras.Variable(np.ones((4, 4), "float32"), name=f"v{i}") for i in range(3)]
+    opt = FusedSGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+    opt.build(variables)
+
+    @tf.function
+    def step():
+        opt.apply([tf.ones((4, 4))] * 3, variables)
+
+    graph = step.get_concrete_function().graph
+    applies = [op for op in graph.get_operations() if op.type == "ResourceApplyKerasMomentum"]
+    assert len(applies) == 3
+
+    def ancestors(op, seen=None):
+        seen = set() if seen is None else seen
+        for parent in list(op.control_inputs) + [t.op for t in op.inputs]:
+            if parent not in seen:
+                seen.add(parent)
+                ancestors(parent, seen)
+        return seen
+
+    earlier = sorted(sum(other in ancestors(op) for other in applies) for op in applies)
+    assert earlier == [0, 1, 2]
+    step()
+    expected = 1 - 0.1 * 0.01 - 0.1 * (1 + 0.9)  # decay, then the Nesterov step from zero momentum
+    for v in variables:
+        np.testing.assert_allclose(np.asarray(v), expected, rtol=1e-6)
