@@ -345,7 +345,10 @@ def test_kill_then_sigterm_then_rerun_finishes_without_rerunning(tmp_path, invok
         # 1. SIGKILL while trial 1 runs, after trial 0 finished.
         p = _popen(args, tmp_path, tmp_path / "run1.log")
         procs.append(p)
-        _wait_for(lambda: _completed(project, "0"), 240, "trial 0 to finish", [p])
+        # Trial 1 is created just after trial 0 is recorded: wait for its
+        # file too, or the kill can land in between (seen once in CI).
+        _wait_for(lambda: _completed(project, "0") and (project / "trial_1" / "trial.json").exists(),
+                  240, "trial 0 to finish and trial 1 to start", [p])
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=30)
         done0 = (project / "trial_0" / "trial.json").read_text()
