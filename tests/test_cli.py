@@ -326,5 +326,6 @@ def test_evaluate_a_folder_without_test_split_uses_the_held_out_slice(tmp_path):
             "--val-split", "0.2", "--precision", "float32", "--run-dir", "r"], tmp_path)
     r = invoke(["evaluate", "r/model.keras", "--dataset", "ds"], tmp_path)
     assert "held-out validation slice (val_split=0.2)" in r.output
+    assert "Held-out accuracy:" in r.output and "Test accuracy" not in r.output
     report = json.loads((tmp_path / "r" / "evaluation.json").read_text())
     assert report["split"] == "val" and report["test_images"] == 4  # 20% of 20, never trained on

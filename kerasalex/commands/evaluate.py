@@ -51,7 +51,8 @@ def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val
             click.echo(f"{dataset} has no test split: evaluating on the held-out validation slice (val_split={val_split})")
         r = run_eval(model, dataset, data_dir, batch_size, output_dir, limit, split=split, val_split=val_split)
     click.echo(r["report_text"])
-    click.echo(f"Test accuracy: {r['test_accuracy']:.2%}  loss: {r['test_loss']:.4f}  ({r['test_images']} images)")
+    label = "Test accuracy" if r["split"] == "test" else "Held-out accuracy"
+    click.echo(f"{label}: {r['test_accuracy']:.2%}  loss: {r['test_loss']:.4f}  ({r['test_images']} images)")
     click.echo(f"Report, confusion matrix and figures in {r['output_dir']}")
 
 
