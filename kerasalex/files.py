@@ -236,9 +236,10 @@ def _lean_h5_writes() -> Iterator[None]:
         base_optimizer.BaseOptimizer.save_own_variables = original_opt
 
 
-def _write_keras_archive(model, target: Path) -> None:
+def _write_keras_archive(model, target: Path, metadata: dict | None = None) -> None:
     """Writes ``model`` as a ``.keras`` zip (config.json, metadata.json,
-    model.weights.h5 — the layout ``keras.saving.load_model`` reads).
+    model.weights.h5 — the layout ``keras.saving.load_model`` reads — and,
+    when ``metadata`` is given, kerasalex.json, which Keras ignores).
 
     Keras's own ``model.save`` builds the weights file in an in-memory buffer
     first (for the scratch AlexNet with its SGD momentum: +240 MB of peak RSS);
@@ -251,7 +252,7 @@ def _write_keras_archive(model, target: Path) -> None:
     import keras
 
     config = keras.saving.serialize_keras_object(model)
-    metadata = {"keras_version": keras.__version__, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
+    keras_metadata = {"keras_version": keras.__version__, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
     fd, weights = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}", suffix=".weights.h5", dir=target.parent)
     os.close(fd)
     try:
@@ -259,17 +260,27 @@ def _write_keras_archive(model, target: Path) -> None:
         with _lean_h5_writes():
             model.save_weights(weights)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            zf.writestr("metadata.json", json.dumps(metadata))
+            zf.writestr("metadata.json", json.dumps(keras_metadata))
             zf.writestr("config.json", json.dumps(config))
             zf.write(weights, "model.weights.h5")
+            if metadata is not None:
+                zf.writestr(METADATA_MEMBER, json.dumps(metadata, default=_json_default, indent=1))
     finally:
         with contextlib.suppress(OSError):
             os.unlink(weights)
 
 
-def save_model(model, path: str | os.PathLike) -> Path:
+def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Saves a Keras model (``.keras`` or ``.weights.h5``) atomically: a
-    temporary file in the same folder, flushed, then renamed over ``path``."""
+    temporary file in the same folder, flushed, then renamed over ``path``.
+
+    Args:
+        model: the Keras model.
+        path: ``*.keras`` or ``*.weights.h5``.
+        metadata: a JSON-serializable dict stored as ``kerasalex.json`` inside
+            a ``.keras`` archive (see :func:`read_model_metadata`); ignored
+            for ``.weights.h5``.
+    """
     path = Path(path)
     if path.name.endswith(".weights.h5"):
         with atomic_path(path, suffix=".weights.h5") as tmp:
@@ -277,10 +288,43 @@ def save_model(model, path: str | os.PathLike) -> Path:
             model.save_weights(tmp)
     elif path.suffix == ".keras":
         with atomic_path(path, suffix=".keras") as tmp:
-            _write_keras_archive(model, tmp)
+            _write_keras_archive(model, tmp, metadata)
     else:
         raise ValueError(f"model path must end in .keras or .weights.h5. Received: {path}")
     return path
+
+
+def read_model_metadata(path: str | os.PathLike) -> dict:
+    """The ``kerasalex.json`` member of a ``.keras`` file: what kerasalex
+    recorded about the model ({} when the file has none, e.g. a model saved by
+    plain Keras). Without kerasalex::
+
+        import json, zipfile
+        meta = json.loads(zipfile.ZipFile("model.keras").read("kerasalex.json"))
+
+    Raises:
+        ModelFileError: the file is not a readable zip, or the member is not a
+            JSON object.
+    """
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            try:
+                info = zf.getinfo(METADATA_MEMBER)
+            except KeyError:
+                return {}
+            if info.file_size > MAX_METADATA_BYTES:
+                raise ModelFileError(f"refused to read {path}: {METADATA_MEMBER} is {info.file_size} bytes")
+            data = json.loads(zf.read(info))
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelFileError(f"corrupt or incomplete model file: {path} ({exc})") from None
+    except ValueError:
+        raise ModelFileError(f"corrupt model file: {path} ({METADATA_MEMBER} is not JSON)") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"corrupt model file: {path} ({METADATA_MEMBER} is not a JSON object)")
+    return data
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
@@ -338,7 +382,11 @@ MAX_DECLARED_BYTES = 1024**3
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # What a .keras archive of ours holds; anything else (assets/ of lookup layers,
 # sharded weights, ...) is refused.
-MODEL_MEMBERS = frozenset({"config.json", "metadata.json", "model.weights.h5"})
+# kerasalex.json: what kerasalex knows about the model (class names, what it
+# was trained on); plain Keras ignores the member (see read_model_metadata).
+METADATA_MEMBER = "kerasalex.json"
+MODEL_MEMBERS = frozenset({"config.json", "metadata.json", "model.weights.h5", METADATA_MEMBER})
+MAX_METADATA_BYTES = 64 * 1024**2
 
 # Layer classes a kerasalex model may contain. Anything else is refused before
 # Keras deserializes it: Lambda (arbitrary code), TFSMLayer (loads a

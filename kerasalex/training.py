@@ -256,6 +256,25 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
+def model_metadata(config: TrainConfig, data) -> dict[str, Any]:
+    """What a trained ``.keras`` file carries about itself (``kerasalex.json``
+    inside the archive, see :func:`kerasalex.files.read_model_metadata`)."""
+    import importlib.metadata as md
+
+    try:
+        version = md.version("kerasalex")
+    except md.PackageNotFoundError:
+        version = None
+    return {
+        "kerasalex_version": version,
+        "arch": config.arch,
+        "class_names": list(data.class_names),
+        "image_shape": list(data.image_shape),
+        "dataset": config.dataset,
+        "config": config.to_dict(),
+    }
+
+
 def fit_standard(model, config: TrainConfig, data, callbacks, verbose, initial_epoch: int):
     """The plain loop: ``model.fit`` over the (seed, epoch)-ordered stream."""
     from kerasalex.data import eval_dataset, train_stream
@@ -506,7 +525,7 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
 
     # --- outputs --------------------------------------------------------
     history = C.read_history(run_dir)
-    files.save_model(model, run_dir / "model.keras")
+    files.save_model(model, run_dir / "model.keras", metadata=model_metadata(config, data))
     if config.output:
         out = Path(config.output)
     else:

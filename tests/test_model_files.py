@@ -469,3 +469,28 @@ def test_block_written_weights_equal_keras_own_save(tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.asarray(w), np.asarray(v))
     for w, v in zip(model.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_array_equal(np.asarray(w), np.asarray(v))
+
+
+def test_metadata_travels_inside_the_archive_and_plain_keras_ignores_it(tmp_path):
+    import keras
+
+    from kerasalex import files
+
+    path = tmp_path / "meta.keras"
+    files.save_model(tiny_model(), path, metadata={"class_names": ["a", "b"], "note": "x"})
+    assert files.read_model_metadata(path) == {"class_names": ["a", "b"], "note": "x"}
+    files.check_model_file(path)
+    # Keras loads the file as it loads its own (the member is ignored).
+    import kerasalex.preprocessing  # noqa: F401
+
+    model = keras.saving.load_model(path, safe_mode=True)
+    assert model.output_shape == (None, 2)
+    # A model without the member reads as {}; a member that is not an object is refused.
+    plain = tmp_path / "plain.keras"
+    files.save_model(tiny_model(), plain)
+    assert files.read_model_metadata(plain) == {}
+    members = read_members(path)
+    members["kerasalex.json"] = b"[1, 2]"
+    bad = write_members(tmp_path / "bad.keras", members)
+    with pytest.raises(files.ModelFileError, match="not a JSON object"):
+        files.read_model_metadata(bad)
