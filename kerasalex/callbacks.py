@@ -23,7 +23,10 @@ import numpy as np
 
 from kerasalex import files
 
-HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second")
+HISTORY_KEYS = (
+    "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "train_seconds",
+    "images_per_second",
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,6 +106,10 @@ class EpochHistory(keras.callbacks.Callback):
                 pass
         row["learning_rate"] = self._lr
         row["epoch_seconds"] = round(seconds, 3)
+        # Cumulative training time (s) at the end of this epoch: the x axis of
+        # time-to-accuracy (benchmarks/bench_time_to_accuracy.py).
+        before = [r for r in self.rows if r["epoch"] < row["epoch"]]
+        row["train_seconds"] = round(sum(float(r.get("epoch_seconds") or 0.0) for r in before) + seconds, 3)
         row["images_per_second"] = round(self.images_per_epoch / seconds, 1) if seconds > 0 else None
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         write_history(self.run_dir, self.rows)
@@ -115,6 +122,61 @@ class EpochHistory(keras.callbacks.Callback):
                 raise
             except Exception as exc:  # a plot must never kill a training run
                 print(f"warning: could not draw learning curves: {exc}")
+
+
+def chance_loss(num_classes: int) -> float:
+    """The cross-entropy of a uniform prediction over ``num_classes``:
+    ln(num_classes) nats, with or without label smoothing."""
+    return math.log(num_classes)
+
+
+def at_chance_accuracy(accuracy: float, labels: np.ndarray, num_classes: int) -> bool:
+    """Whether ``accuracy`` on ``labels`` is indistinguishable from guessing:
+    at most the majority-class rate (always predicting the most frequent
+    class) plus two binomial standard errors of it."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size == 0:
+        return False
+    p = float(np.bincount(labels, minlength=num_classes).max()) / labels.size
+    return float(accuracy) <= p + 2.0 * math.sqrt(p * (1.0 - p) / labels.size)
+
+
+PLATEAU_ADVICE = (
+    "try a smaller --batch-size (more steps per epoch), a lower --lr, more --epochs, "
+    "or check that the labels match the images"
+)
+
+
+class ChancePlateau(keras.callbacks.Callback):
+    """Says, after the first epoch, when the training loss has not left the
+    chance plateau: within 2% of ln(num_classes), the loss of a network that
+    predicts every class with equal probability (a ReLU stack without
+    normalization that stalls there did not learn at all). The message is
+    printed once and kept in :attr:`warnings` for the run's summary.
+
+    Args:
+        num_classes: the number of classes (the plateau is ln of it).
+        tolerance: the fraction of ln(num_classes) that still counts as the plateau.
+    """
+
+    def __init__(self, num_classes: int, tolerance: float = 0.02):
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.tolerance = float(tolerance)
+        self.warnings: list[str] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if epoch != 0 or loss is None:
+            return
+        plateau = chance_loss(self.num_classes)
+        if float(loss) >= (1.0 - self.tolerance) * plateau:
+            msg = (
+                f"training loss {float(loss):.3f} after epoch 1 is still at the chance plateau "
+                f"ln({self.num_classes}) = {plateau:.3f}: {PLATEAU_ADVICE}"
+            )
+            self.warnings.append(msg)
+            print(f"[kerasalex] warning: {msg}", flush=True)
 
 
 def write_history(run_dir: Path, rows: list[dict]) -> None:

@@ -53,6 +53,11 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     augment: bool = True
     dropout: float = 0.5
+    kernel_initializer: str = "lecun_normal"
+    head_initializer: str = "zeros"
+    # Exponential moving average of the weights (Polyak averaging, Keras's
+    # optimizer use_ema): 0 = off, else the EMA momentum per step.
+    ema_momentum: float = 0.0
     val_split: float = 0.1
     limit: int | None = None
     image_size: int | None = None
@@ -105,6 +110,8 @@ class TrainConfig:
             bad("dropout", "in [0, 1)")
         if self.limit is not None and int(self.limit) < 2:
             bad("limit", "at least 2")
+        if not 0.0 <= float(self.ema_momentum) < 1.0:
+            bad("ema_momentum", "in [0, 1) (0 = no EMA)")
         if self.fine_tune_epochs < 0:
             bad("fine_tune_epochs", "0 or more")
         if not isinstance(self.deterministic, bool):
@@ -131,6 +138,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             optimizer="sgd", lr=0.001, momentum=0.9, nesterov=False, weight_decay=0.0,
             label_smoothing=0.0, schedule="constant", warmup_epochs=0.0, augment=False,
             batch_size=30, epochs=20, precision="float32", dropout=0.0,
+            kernel_initializer="glorot_uniform", head_initializer="glorot_uniform",
         ),
         # torchvision's AlexNet keeps its two Dropout(0.5) layers in train mode.
         "alexnet-torch": dict(dropout=0.5, freeze_base=False),

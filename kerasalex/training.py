@@ -159,6 +159,19 @@ def set_precision(policy: str) -> None:
 # --------------------------------------------------------------------------
 
 
+# The warm-up never takes more than this fraction of a run's steps.
+WARMUP_MAX_FRACTION = 0.1
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """Linear warm-up length in steps: ``warmup_epochs`` epochs, but at most
+    :data:`WARMUP_MAX_FRACTION` of the run's ``total_steps`` (Goyal et al.
+    2017 warm up over ~5 of 90 epochs; a 2-epoch warm-up in a 5-epoch run of
+    11 steps per epoch spent 40% of it below the peak learning rate)."""
+    wanted = int(round(float(warmup_epochs) * steps_per_epoch))
+    return max(0, min(wanted, int(round(WARMUP_MAX_FRACTION * total_steps)), total_steps - 1))
+
+
 def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_epochs: int | None = None, lr: float | None = None):
     import keras
 
@@ -166,8 +179,7 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_epochs: int 
     total = max(1, steps_per_epoch * int(total_epochs or config.epochs))
     schedule: Any = lr
     if config.schedule == "cosine":
-        warmup = int(round(config.warmup_epochs * steps_per_epoch))
-        warmup = min(warmup, total - 1)
+        warmup = warmup_steps(config.warmup_epochs, steps_per_epoch, total)
         if warmup > 0:
             schedule = keras.optimizers.schedules.CosineDecay(
                 initial_learning_rate=lr / 100.0, decay_steps=max(1, total - warmup), alpha=0.0,
@@ -176,14 +188,18 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_epochs: int 
         else:
             schedule = keras.optimizers.schedules.CosineDecay(initial_learning_rate=lr, decay_steps=total, alpha=0.0)
     wd = float(config.weight_decay) or None
+    # EMA of the weights: Keras keeps the averages as optimizer variables (so
+    # they are saved with the optimizer and resumed exactly) and copies them
+    # into the model at the end of fit (finalize_variable_values).
+    ema = dict(use_ema=True, ema_momentum=float(config.ema_momentum)) if config.ema_momentum else {}
     if config.optimizer == "sgd":
         # keras.optimizers.SGD's arithmetic, updated in place (kerasalex.optimizers).
         from kerasalex.optimizers import FusedSGD
 
-        return FusedSGD(schedule, momentum=config.momentum, nesterov=config.nesterov, weight_decay=wd)
+        return FusedSGD(schedule, momentum=config.momentum, nesterov=config.nesterov, weight_decay=wd, **ema)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(schedule, weight_decay=wd)
-    return keras.optimizers.AdamW(schedule, weight_decay=wd if wd is not None else 0.004)
+        return keras.optimizers.Adam(schedule, weight_decay=wd, **ema)
+    return keras.optimizers.AdamW(schedule, weight_decay=wd if wd is not None else 0.004, **ema)
 
 
 def compile_model(model, config: TrainConfig, steps_per_epoch: int, total_epochs: int | None = None, lr: float | None = None):
@@ -332,6 +348,8 @@ def _build_or_resume(config: TrainConfig, arch, data, state: dict | None, steps:
         class_names=data.class_names,
         augment=config.augment,
         dropout=config.dropout,
+        kernel_initializer=config.kernel_initializer,
+        head_initializer=config.head_initializer,
         seed=config.seed,
         weights=config.weights,
         base_weights=config.base_weights,
@@ -501,11 +519,18 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         stop = C.GracefulStop()
     from kerasalex.data import display_name
 
+    plateau = C.ChancePlateau(data.num_classes)
     cbs = [
         C.StopOnDivergence(),
+        plateau,
         C.EpochHistory(run_dir, n_train, history, title=f"{config.arch} on {display_name(config.dataset)}"),
         C.ResumeState(run_dir),
-        C.BestCheckpoint(run_dir / "best.keras", best=best) if data.val is not None else None,
+        # With EMA, validation runs on the averaged weights (swapped in for
+        # evaluation only); the model's own variables stay the raw weights, so
+        # the resume state is exact. No best.keras then: it would hold the raw
+        # weights of the epoch whose EMA weights scored best.
+        keras.callbacks.SwapEMAWeights() if config.ema_momentum else None,
+        C.BestCheckpoint(run_dir / "best.keras", best=best) if data.val is not None and not config.ema_momentum else None,
         stop,
     ]
     cbs = [c for c in cbs if c is not None]
@@ -532,6 +557,13 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         out = Path(config.save_dir) / f"{run_dir.name}.keras"
     files.copy_file(run_dir / "model.keras", out)
     train_seconds = sum(r.get("epoch_seconds", 0) for r in history)
+    warnings_ = list(plateau.warnings)
+    final_val = (history[-1] if history else {}).get("val_accuracy")
+    if data.val is not None and final_val is not None and C.at_chance_accuracy(final_val, data.val.y, data.num_classes):
+        msg = (f"validation accuracy {final_val:.1%} at the end is at chance for {data.num_classes} classes "
+               f"({len(data.val)} validation images): the model did not learn; {C.PLATEAU_ADVICE}")
+        warnings_.append(msg)
+        _say(f"warning: {msg}")
     summary = {
         "arch": config.arch,
         "dataset": data.name,
@@ -547,6 +579,7 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         "mean_images_per_second": round(float(np.mean([r["images_per_second"] for r in history if r.get("images_per_second")])), 1) if history else None,
         "parameters": int(model.count_params()),
         "precision": precision,
+        "warnings": warnings_,
     }
     files.atomic_write_json(run_dir / "summary.json", summary)
     shutil.rmtree(run_dir / "resume", ignore_errors=True)

@@ -78,6 +78,7 @@ TUNABLE: dict[str, dict[str, Any]] = {
     "batch_size": {"type": int, "low": 1},
     "augment": {"type": bool},
     "nesterov": {"type": bool},
+    "ema_momentum": {"type": float, "low": 0.0, "high": 1.0, "high_open": True},
 }
 SAMPLINGS = ("linear", "log", "reverse_log")
 

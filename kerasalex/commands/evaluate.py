@@ -22,7 +22,10 @@ from kerasalex.commands import user_errors
                    "that training carved (never the training images).")
 @click.option("--val-split", type=float, default=None,
               help="The run's --val-split, for --split val [read from the run folder, else 0.1].")
-def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val_split):
+@click.option("--tta/--no-tta", default=None,
+              help="Horizontal-flip test-time augmentation: average the predictions of each image and its mirror "
+                   "[on for models trained with random flips].")
+def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val_split, tta):
     """Test loss/accuracy, classification report, confusion matrix of MODEL.
 
     \b
@@ -49,10 +52,11 @@ def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val
                     pass
         if split == "val":
             click.echo(f"{dataset} has no test split: evaluating on the held-out validation slice (val_split={val_split})")
-        r = run_eval(model, dataset, data_dir, batch_size, output_dir, limit, split=split, val_split=val_split)
+        r = run_eval(model, dataset, data_dir, batch_size, output_dir, limit, split=split, val_split=val_split, tta=tta)
     click.echo(r["report_text"])
     label = "Test accuracy" if r["split"] == "test" else "Held-out accuracy"
-    click.echo(f"{label}: {r['test_accuracy']:.2%}  loss: {r['test_loss']:.4f}  ({r['test_images']} images)")
+    click.echo(f"{label}: {r['test_accuracy']:.2%}  loss: {r['test_loss']:.4f}  ({r['test_images']} images"
+               f"{', flip TTA' if r['tta'] else ''})")
     click.echo(f"Report, confusion matrix and figures in {r['output_dir']}")
 
 

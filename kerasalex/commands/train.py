@@ -27,6 +27,8 @@ def train_options(f):
         click.option("--dropout", type=float, default=None, help="Dropout in the classifier [recipe]."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Learning-rate schedule [recipe]."),
         click.option("--augment/--no-augment", default=None, help="Random flip + translation in the model [recipe]."),
+        click.option("--ema-momentum", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+                     help="Exponential moving average of the weights, momentum per step; 0 = off [recipe]."),
         click.option("--val-split", type=float, default=None, help="Fraction of training data held out for validation [0.1]."),
         click.option("--limit", type=click.IntRange(min=2), default=None, help="Train on at most N images (quick look)."),
         click.option("--image-size", type=click.IntRange(min=1), default=None, help="Side images are fed at [architecture's]."),
@@ -100,4 +102,5 @@ def train(arch, recipe, hparams, resume, **options):
     click.echo(
         f"Done: {s['epochs']} epochs in {s['train_seconds']:.0f}s, val_accuracy {final.get('val_accuracy', float('nan')):.4f}, "
         f"{s.get('mean_images_per_second')} images/s. Model: {result.model_path}"
+        + "".join(f"\nWarning: {w}" for w in s.get("warnings") or [])
     )

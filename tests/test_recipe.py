@@ -1,0 +1,202 @@
+"""The default recipe learns at any dataset size (issue 19): initialization,
+warm-up, the chance-plateau warning, flip TTA, EMA of the weights, cumulative
+training time. Mechanism tests use tiny runs (digits at 16 px); one slow test
+is the issue's target itself (digits, default recipe, 5 epochs, >= 95%).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_kerasalex, run_python
+
+TINY = ["--arch", "alexnet", "--dataset", "digits", "--limit", "120", "--image-size", "16",
+        "--batch-size", "32", "--precision", "float32"]
+
+
+# --------------------------------------------------------------------------
+# Recipe values
+# --------------------------------------------------------------------------
+
+
+def test_study_recipe_keeps_the_studys_initialization_and_no_ema():
+    from kerasalex.config import resolve_config
+
+    study = resolve_config("alexnet", "study")
+    assert (study.kernel_initializer, study.head_initializer, study.ema_momentum) == ("glorot_uniform", "glorot_uniform", 0.0)
+    assert (study.lr, study.batch_size, study.warmup_epochs, study.augment) == (0.001, 30, 0.0, False)
+    default = resolve_config("alexnet", "default")
+    assert default.kernel_initializer != "glorot_uniform"
+
+
+def test_builder_initializers_reach_the_layers():
+    import keras
+
+    from kerasalex.models.alexnet import build_alexnet
+
+    keras.utils.set_random_seed(0)
+    m = build_alexnet(10, input_shape=(16, 16, 3), kernel_initializer="he_normal", head_initializer="zeros")
+    assert not np.any(m.get_layer("predictions").kernel.numpy())
+    k = m.get_layer("fc1").kernel.numpy()
+    fan_in = k.shape[0]
+    # He normal: std sqrt(2 / fan_in) (truncated normal: a little less).
+    assert 0.8 * math.sqrt(2 / fan_in) < k.std() < 1.05 * math.sqrt(2 / fan_in)
+    assert m.count_params() == build_alexnet(10, input_shape=(16, 16, 3)).count_params()
+
+
+def test_warmup_is_counted_in_steps_and_capped_by_the_run_length():
+    from kerasalex.training import WARMUP_MAX_FRACTION, warmup_steps
+
+    # CIFAR-10, 30 epochs of 352 steps: the recipe's 2 epochs (6.7% of the run).
+    assert warmup_steps(2.0, 352, 352 * 30) == 704
+    # digits, 5 epochs of 11 steps: 2 epochs would be 40% of the run.
+    assert warmup_steps(2.0, 11, 55) == round(WARMUP_MAX_FRACTION * 55)
+    assert warmup_steps(0.0, 11, 55) == 0
+    assert warmup_steps(5.0, 1, 1) == 0
+
+
+# --------------------------------------------------------------------------
+# Test-time augmentation
+# --------------------------------------------------------------------------
+
+
+def _asymmetric_model():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_mirror():
+    from kerasalex.evaluation import predict_probabilities, softmax
+
+    model = _asymmetric_model()
+    x = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    plain = softmax(np.asarray(model.predict(x, verbose=0)))
+    mirror = softmax(np.asarray(model.predict(x[:, :, ::-1], verbose=0)))
+    np.testing.assert_allclose(predict_probabilities(model, x, 2, tta=False), plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict_probabilities(model, x, 2, tta=True), (plain + mirror) / 2, rtol=1e-5, atol=1e-6)
+    assert np.abs(plain - mirror).max() > 1e-3  # the model is not mirror-symmetric: the test can fail
+
+
+# --------------------------------------------------------------------------
+# No silent failure: the chance plateau
+# --------------------------------------------------------------------------
+
+
+def test_plateau_callback_fires_at_chance_loss_and_not_below():
+    from kerasalex.callbacks import ChancePlateau
+
+    stuck = ChancePlateau(10)
+    stuck.on_epoch_end(0, {"loss": math.log(10) + 0.001})
+    assert len(stuck.warnings) == 1 and "ln(10)" in stuck.warnings[0]
+    learning = ChancePlateau(10)
+    learning.on_epoch_end(0, {"loss": 1.9})
+    later = ChancePlateau(10)
+    later.on_epoch_end(3, {"loss": 2.31})  # only the first epoch is judged
+    assert learning.warnings == [] and later.warnings == []
+
+
+def test_at_chance_accuracy_uses_the_majority_rate_and_its_noise():
+    from kerasalex.callbacks import at_chance_accuracy
+
+    balanced = np.repeat(np.arange(10), 50)  # 500 labels, chance 10%
+    assert at_chance_accuracy(0.11, balanced, 10)
+    assert not at_chance_accuracy(0.30, balanced, 10)
+    skewed = np.array([0] * 90 + [1] * 10)  # always "0" scores 90%
+    assert at_chance_accuracy(0.9, skewed, 2)
+    assert not at_chance_accuracy(1.0, skewed, 2)
+
+
+def test_a_run_that_cannot_learn_says_so_in_the_done_line_and_summary(tmp_path):
+    # A learning rate of 1e-9 leaves the zero-initialized head at uniform
+    # predictions: loss ln(10) after epoch 1, chance accuracy at the end.
+    r = run_kerasalex(["train", *TINY, "--epochs", "2", "--lr", "1e-9", "--run-dir", "stuck", "-o", "stuck.keras"],
+                      cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "stuck" / "summary.json").read_text())
+    assert any("chance plateau" in w for w in summary["warnings"]), summary["warnings"]
+    assert any("at chance" in w for w in summary["warnings"]), summary["warnings"]
+    done = r.stdout[r.stdout.index("Done:"):]
+    assert "Warning: training loss" in done and "ln(10)" in done
+    history = json.loads((tmp_path / "stuck" / "history.json").read_text())
+    # Cumulative training time: the running sum of the epoch times.
+    assert history[1]["train_seconds"] == pytest.approx(history[0]["epoch_seconds"] + history[1]["epoch_seconds"], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_digits_default_recipe_five_epochs_reaches_95_percent_and_warns_nothing(tmp_path):
+    """The issue's target: ``train --dataset digits --epochs 5`` with the
+    default batch size, then ``evaluate``: >= 95% test accuracy (was 10%)."""
+    r = run_kerasalex(["train", "--arch", "alexnet", "--dataset", "digits", "--epochs", "5",
+                       "--run-dir", "run", "-o", "digits.keras"], cwd=tmp_path, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["warnings"] == []
+    e = run_kerasalex(["evaluate", "digits.keras", "--dataset", "digits", "--output-dir", "eval"], cwd=tmp_path)
+    assert e.returncode == 0, e.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["test_accuracy"] >= 0.95, report["test_accuracy"]
+
+
+# --------------------------------------------------------------------------
+# EMA of the weights: saved, resumed exactly, used for the final model
+# --------------------------------------------------------------------------
+
+KILL_AT_EPOCH = """
+import os, signal
+from kerasalex import callbacks as C
+real = C.EpochHistory.on_epoch_begin
+def begin(self, epoch, logs=None):
+    if epoch == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, epoch, logs)
+C.EpochHistory.on_epoch_begin = begin
+from kerasalex.cli import main
+main({args!r})
+"""
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    from kerasalex import files
+
+    return [np.asarray(w) for w in files.load_model(path).get_weights()]
+
+
+def test_ema_weights_are_resumed_exactly_and_become_the_final_model(tmp_path):
+    args = ["train", *TINY, "--epochs", "3", "--ema-momentum", "0.9", "--deterministic"]
+    whole = run_kerasalex([*args, "--run-dir", "whole", "-o", "whole.keras"], cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run_python(KILL_AT_EPOCH.format(kill_at=2, args=[*args, "--run-dir", "cut", "-o", "cut.keras"]), cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # The resume state holds the raw weights and, among the optimizer's
+    # variables, their moving averages.
+    check = run_python(
+        "from kerasalex import callbacks, files\n"
+        "m = files.load_model(callbacks.load_resume_state('cut')['model_path'], compile=True)\n"
+        "print(len(m.optimizer._model_variables_moving_average), len(m.trainable_variables))\n",
+        cwd=tmp_path,
+    )
+    assert check.returncode == 0, check.stderr[-2000:]
+    n_ema, n_vars = map(int, check.stdout.split()[-2:])
+    assert n_ema == n_vars > 0
+    resumed = run_kerasalex(["train", "--resume", "--run-dir", "cut"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for a, b in zip(_weights(tmp_path / "whole.keras"), _weights(tmp_path / "cut.keras")):
+        np.testing.assert_array_equal(a, b)
+    # The final model holds the averages, not the last step's weights: it
+    # differs from the same run without EMA.
+    plain = run_kerasalex(["train", *TINY, "--epochs", "3", "--deterministic", "--run-dir", "plain", "-o", "plain.keras"],
+                          cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    fc1 = lambda p: next(w for w in _weights(p) if w.ndim == 2 and w.shape[1] == 4096)  # noqa: E731
+    assert not np.allclose(fc1(tmp_path / "whole.keras"), fc1(tmp_path / "plain.keras"))
