@@ -55,6 +55,10 @@ class TrainConfig:
     dropout: float = 0.5
     kernel_initializer: str = "lecun_normal"
     head_initializer: str = "zeros"
+    # Small datasets: when the batch size was not set, halve it (down to
+    # MIN_AUTO_BATCH) until the run takes at least this many optimizer steps;
+    # 0 = keep the batch size. resolve_config sets 0 when --batch-size is given.
+    min_steps: int = 0
     # Exponential moving average of the weights (Polyak averaging, Keras's
     # optimizer use_ema): 0 = off, else the EMA momentum per step.
     ema_momentum: float = 0.0
@@ -110,6 +114,8 @@ class TrainConfig:
             bad("dropout", "in [0, 1)")
         if self.limit is not None and int(self.limit) < 2:
             bad("limit", "at least 2")
+        if int(self.min_steps) < 0:
+            bad("min_steps", "0 or more")
         if not 0.0 <= float(self.ema_momentum) < 1.0:
             bad("ema_momentum", "in [0, 1) (0 = no EMA)")
         if self.fine_tune_epochs < 0:
@@ -182,6 +188,25 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# The smallest batch size the min_steps rule goes down to.
+MIN_AUTO_BATCH = 16
+
+
+def auto_batch_size(batch_size: int, train_images: int, epochs: int, min_steps: int) -> int:
+    """The batch size a run uses: ``batch_size`` halved (never below
+    :data:`MIN_AUTO_BATCH`) until ``epochs`` epochs over ``train_images``
+    take at least ``min_steps`` optimizer steps. ``min_steps=0`` keeps it.
+
+    Why: the scratch AlexNet has no normalization, and SGD needs a few
+    hundred steps to leave the chance plateau; 1,293 digits at batch 128
+    give 55 steps in 5 epochs (measured: 10% test accuracy).
+    """
+    batch = int(batch_size)
+    while min_steps and batch // 2 >= MIN_AUTO_BATCH and int(epochs) * -(-int(train_images) // batch) < min_steps:
+        batch //= 2
+    return batch
+
+
 def recipe_values(recipe: str, arch: str) -> dict[str, Any]:
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; expected one of: {', '.join(RECIPES)}")
@@ -208,7 +233,10 @@ def resolve_config(
         if unknown:
             raise ValueError(f"unknown hyperparameters {unknown}; expected names among the train options")
         values.update(hparams)
-    values.update({k: v for k, v in options.items() if v is not None})
+    given = {k: v for k, v in options.items() if v is not None}
+    values.update(given)
+    if "batch_size" in given or "batch_size" in (hparams or {}):
+        values["min_steps"] = 0  # a batch size the user chose is kept
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown options {unknown}")

@@ -479,6 +479,14 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
     t0 = time.perf_counter()
     data = _prepare_data(config)
     n_train = len(data.train)
+    from kerasalex.config import auto_batch_size
+
+    batch = auto_batch_size(config.batch_size, n_train, config.epochs, config.min_steps)
+    if batch != config.batch_size:
+        _say(f"batch size {batch} (not {config.batch_size}): {n_train} images x {config.epochs} epochs would be "
+             f"{config.epochs * -(-n_train // config.batch_size)} steps, fewer than the recipe's {config.min_steps}; "
+             f"--batch-size N keeps N")
+        config = config.replace(batch_size=batch)
     steps = max(1, -(-n_train // config.batch_size))
     _say(
         f"{data.name}: {n_train} training / {len(data.val) if data.val is not None else 0} validation images "
