@@ -77,6 +77,8 @@ class ImageData:
     skipped: list[str] = dataclasses.field(default_factory=list)
     # Every file of the folder not used, {"path", "reason"} (see list_image_files).
     left_out: list[dict] = dataclasses.field(default_factory=list)
+    # What a model trained on this records about it (kerasalex.training.training_data_record).
+    training_data: dict | None = None
 
     @property
     def num_classes(self) -> int:

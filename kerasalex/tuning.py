@@ -996,11 +996,14 @@ def _prepare_data(base: TrainConfig):
     from kerasalex import data as D
     from kerasalex.models import get_architecture
 
+    from kerasalex.training import resize_rule
+
     arch = get_architecture(base.arch)
-    size = base.image_size or arch.image_size
-    if size < arch.min_image_size:
-        raise ValueError(f"--image-size {size} is too small for {base.arch} (at least {arch.min_image_size})")
-    ds = D.load_data(base.dataset, base.data_dir, image_size=size)
+    rule = resize_rule(base)  # the same decoding and resizing as train
+    if rule.size < arch.min_image_size:
+        raise ValueError(f"--image-size {rule.size} is too small for {base.arch} (at least {arch.min_image_size})")
+    ds = D.load_data(base.dataset, base.data_dir, image_size=rule.size, resize=rule.resize,
+                     interpolation=rule.interpolation, test=False)
     return D.carve_validation(ds, base.val_split, base.limit)
 
 

@@ -127,7 +127,7 @@ def test_evaluate_writes_report_and_confusion_matrix(trained):
 def test_evaluate_a_copied_model_reports_beside_it(trained, tmp_path):
     cwd, _, _ = trained
     r = invoke(["evaluate", "saved_models/digits.keras", "--dataset", "digits", "--limit", "50"], cwd)
-    assert "(50 images)" in r.output
+    assert "(a stratified sample of 50 of 360 images)" in r.output
     assert (cwd / "saved_models" / "digits-eval" / "evaluation.json").is_file()
 
 
