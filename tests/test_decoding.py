@@ -305,3 +305,16 @@ def test_predict_paths_use_the_same_rule_and_name_an_empty_folder(tmp_path):
     with pytest.raises(ValueError) as e:
         D.iter_image_paths([tmp_path / "empty"])
     assert str(tmp_path / "empty") in str(e.value) and ".jpg" in str(e.value) and ".png" in str(e.value)
+
+
+def test_each_architecture_resizes_as_its_weights_were_trained_and_the_run_records_it():
+    from kerasalex.config import resolve_config
+    from kerasalex.training import resize_rule
+
+    assert resize_rule(resolve_config("alexnet-torch", dataset="flowers")).resize == "crop"  # torchvision's
+    assert resize_rule(resolve_config("vgg16", dataset="flowers")).resize == "crop"
+    assert resize_rule(resolve_config("alexnet", dataset="flowers")).resize == "squash"
+    assert resize_rule(resolve_config("alexnet-torch", resize="squash")).resize == "squash"
+    assert resize_rule(resolve_config("alexnet", dataset="digits")).interpolation == "nearest"
+    with pytest.raises(ValueError, match="resize must be one of"):
+        resolve_config("alexnet", resize="stretch")

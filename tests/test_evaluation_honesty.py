@@ -198,3 +198,21 @@ def test_predict_sees_an_exif_rotated_photo_as_its_upright_twin(work, tmp_path):
     r = invoke(["predict", "saved_models/split.keras", tmp_path / "phone.jpg", tmp_path / "upright.png", "--json"], cwd)
     out = json.loads(r.stdout)
     assert out[0]["top"] == out[1]["top"]
+
+
+def test_a_model_without_a_training_record_is_refused_unless_told(work):
+    """A .keras without kerasalex.json (plain Keras, an older kerasalex) and no
+    run folder beside it: which images it saw is unknown."""
+    import zipfile
+
+    cwd, _ = work
+    src, dst = cwd / "saved_models" / "held.keras", cwd / "bare" / "held.keras"
+    dst.parent.mkdir()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            if item.filename != "kerasalex.json":
+                zout.writestr(item, zin.read(item.filename))
+    r = invoke(["evaluate", dst, "--dataset", "flat"], cwd, expect=1)
+    assert "carries no record of its training data" in r.output
+    r = invoke(["evaluate", dst, "--dataset", "flat", "--val-split", "0.2"], cwd)  # the user vouches for it
+    assert "Held-out accuracy" in r.output and "(6 images)" in r.output
