@@ -295,6 +295,10 @@ def evaluate(
                      test=(split == "test"), class_names=names)
     if dataset in NAMED_DATASETS:
         check_classes(names, data.class_names, model_path, dataset)
+    if data.left_out:
+        from kerasalex.data import describe_left_out
+
+        log(describe_left_out(data.left_out, str(dataset)) + "; all listed in evaluation.json (left_out_files)")
     if split == "val":
         test, how = held_out_split(model_path, data, dataset, val_split, log=log)
         log(f"{dataset} has no test split: evaluating on the held-out validation slice ({how})")
@@ -341,6 +345,7 @@ def evaluate(
         "class_names": names,
         "confusion_matrix": cm.tolist(),
         "preprocessing": rule.to_dict(),
+        "left_out_files": data.left_out,
         "predict_seconds": round(seconds, 3),
         "images_per_second": round(len(y) / seconds, 1) if seconds > 0 else None,
     }
