@@ -19,7 +19,10 @@ import hashlib
 import io
 import os
 import pickle
+import re
+import struct
 import tarfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
@@ -476,8 +479,6 @@ def decode_image(
         ValueError: the file is empty, truncated, not an image, or over the
             pixel limit (:func:`max_image_pixels`; the message says so).
     """
-    import re
-
     from PIL import Image, UnidentifiedImageError
 
     bomb = getattr(Image, "DecompressionBombError", OSError)
@@ -503,7 +504,7 @@ def decode_image(
     except bomb as exc:
         m = re.search(r"\((\d+) pixels\)", str(exc))
         raise ValueError(_too_large(path, int(m.group(1)) if m else None, limit)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, struct_error()) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, struct.error) as exc:
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
     except ValueError as exc:
         if "decompression-bomb limit" in str(exc):
@@ -511,13 +512,7 @@ def decode_image(
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
-def struct_error():
-    import struct
-
-    return struct.error
-
-
-_LIMIT_LOCK = __import__("threading").Lock()
+_LIMIT_LOCK = threading.Lock()
 
 
 class _pillow_limit_off:

@@ -318,3 +318,20 @@ def test_each_architecture_resizes_as_its_weights_were_trained_and_the_run_recor
     assert resize_rule(resolve_config("alexnet", dataset="digits")).interpolation == "nearest"
     with pytest.raises(ValueError, match="resize must be one of"):
         resolve_config("alexnet", resize="stretch")
+
+
+def test_a_15000x12500_jpeg_is_too_large_not_corrupt(tmp_path, monkeypatch):
+    """The issue's case at Pillow's default limit: a JPEG whose header says
+    15000x12500 (187.5 M pixels > 178,956,970)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89478485)  # Pillow's default
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 12500, 15000)  # height, width
+    (tmp_path / "huge.jpg").write_bytes(bytes(data))
+    with pytest.raises(ValueError) as e:
+        D.decode_image(tmp_path / "huge.jpg", 32)
+    msg = str(e.value)
+    assert "too large, not corrupt: 187,500,000 pixels" in msg and "178,956,970" in msg
+    assert "corrupt" not in msg.replace("not corrupt", "")
