@@ -39,7 +39,7 @@ def build_archive(out: Path, jpeg_dir: str | None, n: int) -> Path:
     if jpeg_dir:
         from kerasalex.data import scan_folder
 
-        split, names, _ = scan_folder(Path(jpeg_dir), 32)
+        split = scan_folder(Path(jpeg_dir), 32).split
         order = np.random.default_rng(0).permutation(len(split))[:n]
         x, y = split.x[order], split.y[order]
     else:

@@ -317,8 +317,9 @@ def evaluate_run(
     if dataset is None:
         dataset, data_dir = config.get("dataset", "cifar10"), data_dir or config.get("data_dir")
     split = evaluation_split(dataset)
-    report = evaluate(model, dataset, data_dir, batch_size, run_dir, limit,
-                      split=split, val_split=float(config.get("val_split", 0.1)))
+    # The held-out slice is the one the model records (or, for an older run,
+    # its config.json beside model.keras says).
+    report = evaluate(model, dataset, data_dir, batch_size, run_dir, limit, split=split)
     report.pop("report_text", None)
     report.pop("output_dir", None)
     return report

@@ -65,6 +65,9 @@ class TrainConfig:
     val_split: float = 0.1
     limit: int | None = None
     image_size: int | None = None
+    # How images of another shape become square: "squash" or "crop" (shorter
+    # side scaled, centre cropped); None = the architecture's default.
+    resize: str | None = None
     seed: int = 0
     precision: str = "auto"
     jit_compile: str = "auto"
@@ -112,6 +115,8 @@ class TrainConfig:
             bad("label_smoothing", "in [0, 1)")
         if not 0.0 <= float(self.dropout) < 1.0:
             bad("dropout", "in [0, 1)")
+        if self.resize is not None and self.resize not in ("squash", "crop"):
+            bad("resize", "one of ('squash', 'crop')")
         if self.limit is not None and int(self.limit) < 2:
             bad("limit", "at least 2")
         if int(self.min_steps) < 0:

@@ -19,10 +19,13 @@ import hashlib
 import io
 import os
 import pickle
+import re
+import struct
 import tarfile
+import threading
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -41,7 +44,6 @@ CIFAR100_CLASSES = (
 ).split()
 DIGITS_CLASSES = [str(i) for i in range(10)]
 NAMED_DATASETS = ("cifar10", "cifar100", "digits")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 # The validation slice is carved with this fixed seed, whatever --seed says,
 # so every run of a dataset validates on the same images.
 SPLIT_SEED = 1234
@@ -50,13 +52,20 @@ DIGITS_TEST_FRACTION = 0.2
 
 @dataclasses.dataclass
 class Split:
-    """One split: uint8 images (N, H, W, 3) and int32 labels (N,)."""
+    """One split: uint8 images (N, H, W, 3), int32 labels (N,) and, for an
+    image folder, each image's path relative to the folder (``ids``)."""
 
     x: np.ndarray
     y: np.ndarray
+    ids: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def take(self, idx) -> "Split":
+        """The images at ``idx`` (an index array), ids included."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return Split(self.x[idx], self.y[idx], [self.ids[i] for i in idx] if self.ids is not None else None)
 
 
 @dataclasses.dataclass
@@ -69,6 +78,10 @@ class ImageData:
     val: Split | None = None
     test: Split | None = None
     skipped: list[str] = dataclasses.field(default_factory=list)
+    # Every file of the folder not used, {"path", "reason"} (see list_image_files).
+    left_out: list[dict] = dataclasses.field(default_factory=list)
+    # What a model trained on this records about it (kerasalex.training.training_data_record).
+    training_data: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -210,16 +223,22 @@ def _load_keras_cifar(variant: str) -> ImageData:
 # --------------------------------------------------------------------------
 
 
-def load_digits_rgb(size: int = 32) -> ImageData:
-    """scikit-learn's bundled 8x8 digits as uint8 RGB at ``size`` px (nearest
-    upscaling), split 80/20 stratified with a fixed seed."""
+def load_digits_rgb(size: int = 32, interpolation: str = "nearest") -> ImageData:
+    """scikit-learn's bundled 8x8 digits as uint8 RGB at ``size`` px, split
+    80/20 stratified with a fixed seed.
+
+    The 8x8 images are resized by :func:`resize_array` with ``interpolation``
+    (default ``"nearest"``, the rule :func:`default_interpolation` gives
+    digits), the same mapping :func:`decode_image` applies to an 8x8 digit
+    PNG given to ``predict``.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
     x = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # (N, 8, 8)
     x = np.repeat(x[..., None], 3, axis=-1)  # gray -> RGB
-    x = _resize_uint8(x, size)
+    x = resize_array(x, size, "squash", interpolation)
     y = d.target.astype(np.int32)
     xtr, xte, ytr, yte = train_test_split(
         x, y, test_size=DIGITS_TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
@@ -228,119 +247,516 @@ def load_digits_rgb(size: int = 32) -> ImageData:
 
 
 # --------------------------------------------------------------------------
-# Image folders
+# Decoding one image: the one rule for train, evaluate, predict and tune
 # --------------------------------------------------------------------------
 
-
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+# Bumped whenever the decoding rule changes, so cached folders are re-decoded.
+DECODING_VERSION = 2
+RESIZE_MODES = ("squash", "crop")
+INTERPOLATIONS = ("bilinear", "nearest")
+# What transparent pixels are composited on.
+ALPHA_BACKGROUND = (255, 255, 255)
+# Set it to decode images larger than Pillow's decompression-bomb limit.
+MAX_PIXELS_ENV = "KERASALEX_MAX_IMAGE_PIXELS"
 
 
-def decode_image(path: Path, size: int | None) -> np.ndarray:
-    """Decodes one image file to uint8 RGB (H, W, 3), resized to ``size`` x
-    ``size`` when given. Grayscale, palette, RGBA, CMYK and 16-bit images become
-    RGB; an animated image gives its first frame.
+@dataclasses.dataclass(frozen=True)
+class ResizeRule:
+    """How an image of any size becomes ``size`` x ``size``.
+
+    Attributes:
+        size: the side of the square the model is fed.
+        resize: ``"squash"`` (the whole image scaled to the square; its aspect
+            ratio changes) or ``"crop"`` (the shorter side scaled to ``size``,
+            then the centre ``size`` x ``size``: torchvision's
+            ``Resize`` + ``CenterCrop``; nothing is distorted, the ends of the
+            longer side are cut).
+        interpolation: ``"bilinear"`` (antialiased when shrinking, as Pillow's
+            and torchvision's) or ``"nearest"`` (digits: keeps 8x8 pixels as
+            blocks).
+    """
+
+    size: int = 32
+    resize: str = "squash"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if int(self.size) < 1:
+            raise ValueError(f"image size must be positive. Received: size={self.size!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}. Received: resize={self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}. Received: interpolation={self.interpolation!r}")
+
+    def to_dict(self) -> dict:
+        """What a run's config.json and a model's metadata record (``preprocessing``)."""
+        return {"image_size": int(self.size), "resize": self.resize, "interpolation": self.interpolation,
+                "decoding_version": DECODING_VERSION, "alpha_background": list(ALPHA_BACKGROUND),
+                "color": "sRGB via the embedded ICC profile" if _image_cms() is not None else "ICC profiles ignored"}
+
+    @classmethod
+    def from_dict(cls, d: dict, size: int | None = None) -> "ResizeRule":
+        return cls(int(size or d.get("image_size") or 32), d.get("resize", "squash"), d.get("interpolation", "bilinear"))
+
+
+def default_interpolation(dataset: str) -> str:
+    """``"nearest"`` for ``digits`` (its data are 8x8 pixels: upscaling keeps
+    them as blocks, and a raw 8x8 digit PNG given to ``predict`` is upscaled
+    the same way), ``"bilinear"`` for everything else."""
+    return "nearest" if dataset == "digits" else "bilinear"
+
+
+def _image_cms():
+    try:
+        from PIL import ImageCms
+
+        return ImageCms
+    except ImportError:  # Pillow built without LittleCMS
+        return None
+
+
+_SRGB_TRANSFORMS: dict = {}
+
+
+def _to_srgb(img, icc: bytes):
+    """``img`` (L, RGB or CMYK) converted from its embedded ICC profile to sRGB
+    RGB; None when Pillow has no LittleCMS or the profile is unreadable or
+    does not fit the mode (then the plain conversion is used)."""
+    cms = _image_cms()
+    if cms is None:
+        return None
+    key = (hashlib.sha1(icc).hexdigest(), img.mode)
+    transform = _SRGB_TRANSFORMS.get(key)
+    if transform is None:
+        try:
+            transform = cms.buildTransform(cms.ImageCmsProfile(io.BytesIO(icc)), cms.createProfile("sRGB"),
+                                           img.mode, "RGB")
+        except (cms.PyCMSError, OSError, ValueError, TypeError):
+            transform = False
+        if len(_SRGB_TRANSFORMS) < 64:
+            _SRGB_TRANSFORMS[key] = transform
+    if transform is False:
+        return None
+    try:
+        return cms.applyTransform(img, transform)
+    except (cms.PyCMSError, OSError, ValueError):
+        return None
+
+
+def _fixed_depth_to_l(img):
+    """16/32-bit integer and float gray images -> 8-bit ``L`` by a fixed
+    mapping, the same for every image (never stretched to the image's own
+    range): integer samples keep their high byte (0..65535 -> v >> 8, as
+    Pillow reads 16-bit RGB), float samples are taken as [0, 1]."""
+    from PIL import Image
+
+    arr = np.asarray(img)
+    if img.mode == "F":
+        out = np.round(np.clip(arr.astype(np.float64), 0.0, 1.0) * 255.0)
+    else:
+        out = np.clip(arr.astype(np.int64), 0, 65535) >> 8
+    return Image.fromarray(out.astype(np.uint8), "L")
+
+
+def to_rgb(img):
+    """A decoded Pillow image as the viewer shows it, in RGB: the one rule.
+
+    1. EXIF orientation applied (``ImageOps.exif_transpose``).
+    2. 16-bit, 32-bit and float samples by a fixed mapping (see
+       :func:`_fixed_depth_to_l`); 1-bit as 0/255.
+    3. Colour: an embedded ICC profile is converted to sRGB (LittleCMS via
+       ``PIL.ImageCms``); without one, grayscale, palette, CMYK and YCbCr
+       become RGB by Pillow's conversion (sRGB assumed).
+    4. Transparency (an alpha band, a palette or colour-key ``transparency``)
+       composited on white (:data:`ALPHA_BACKGROUND`).
+
+    Args:
+        img: an opened, loaded ``PIL.Image.Image`` (its first frame).
+
+    Returns:
+        An RGB ``PIL.Image.Image``.
+    """
+    from PIL import Image, ImageOps
+
+    icc = img.info.get("icc_profile")
+    img = ImageOps.exif_transpose(img)
+    alpha = None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _fixed_depth_to_l(img)
+    elif img.mode == "1":
+        img = img.convert("L")
+    if "transparency" in img.info or img.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        img = img.convert("RGBA")
+        alpha = img.getchannel("A")
+        img = img.convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGB")
+    if img.mode not in ("L", "RGB", "CMYK"):
+        img = img.convert("RGB")
+    rgb = _to_srgb(img, icc) if icc else None
+    if rgb is None:
+        rgb = img.convert("RGB")
+    if alpha is not None and alpha.getextrema() != (255, 255):
+        background = Image.new("RGB", rgb.size, ALPHA_BACKGROUND)
+        background.paste(rgb, mask=alpha)
+        rgb = background
+    return rgb
+
+
+_RESAMPLE = {"bilinear": "BILINEAR", "nearest": "NEAREST"}
+
+
+def resize_image(img, size: int, resize: str = "squash", interpolation: str = "bilinear"):
+    """A Pillow image resized to ``size`` x ``size`` (see :class:`ResizeRule`);
+    returned unchanged when it already is."""
+    from PIL import Image
+
+    rule = ResizeRule(size, resize, interpolation)
+    resample = getattr(Image.Resampling, _RESAMPLE[rule.interpolation])
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    if rule.resize == "crop" and w != h:
+        side = min(w, h)
+        left, top = (w - side) / 2.0, (h - side) / 2.0
+        return img.resize((size, size), resample, box=(left, top, left + side, top + side))
+    return img.resize((size, size), resample)
+
+
+def resize_array(x: np.ndarray, size: int, resize: str = "squash", interpolation: str = "bilinear") -> np.ndarray:
+    """uint8 images (N, H, W, 3) -> (N, size, size, 3) by :func:`resize_image`,
+    so an in-memory dataset and an image file are resized by the same mapping."""
+    from PIL import Image
+
+    if x.shape[1] == size and x.shape[2] == size:
+        return x
+    out = np.empty((x.shape[0], size, size, 3), np.uint8)
+    for i in range(len(x)):
+        out[i] = np.asarray(resize_image(Image.fromarray(x[i]), size, resize, interpolation), dtype=np.uint8)
+    return out
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) decoded: Pillow's decompression-bomb
+    limit (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 178,956,970 by default), or
+    ``$KERASALEX_MAX_IMAGE_PIXELS``."""
+    from PIL import Image
+
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if value:
+        try:
+            n = int(value.replace("_", ""))
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{MAX_PIXELS_ENV} must be a positive number of pixels. Received: {value!r}")
+        return n
+    return 2 * int(Image.MAX_IMAGE_PIXELS or 0) or 2**62
+
+
+def _too_large(path, pixels: int | None, limit: int) -> str:
+    size = f"{pixels:,} pixels" if pixels else "its size"
+    how = (f"raise {MAX_PIXELS_ENV} (now {limit:,})" if os.environ.get(MAX_PIXELS_ENV, "").strip()
+           else f"set {MAX_PIXELS_ENV}=N to decode images of up to N pixels")
+    return (f"{path}: too large, not corrupt: {size} is over the decompression-bomb limit of {limit:,} pixels "
+            f"(Pillow's, 2 x PIL.Image.MAX_IMAGE_PIXELS); if you trust the file, {how}, or shrink it")
+
+
+def decode_image(
+    path: str | os.PathLike,
+    size: int | None = None,
+    resize: str = "squash",
+    interpolation: str = "bilinear",
+) -> np.ndarray:
+    """Decodes one image file as a viewer shows it (:func:`to_rgb`), resized
+    to ``size`` x ``size`` by :func:`resize_image` when ``size`` is given. An
+    animated image gives its first frame. Every command decodes files here.
+
+    Returns:
+        uint8 array (H, W, 3).
 
     Raises:
-        ValueError: the file is empty, truncated, or not an image.
+        ValueError: the file is empty, truncated, not an image, or over the
+            pixel limit (:func:`max_image_pixels`; the message says so).
     """
     from PIL import Image, UnidentifiedImageError
 
     bomb = getattr(Image, "DecompressionBombError", OSError)
-
+    limit = max_image_pixels()
+    own_limit = bool(os.environ.get(MAX_PIXELS_ENV, "").strip())
     try:
-        with Image.open(path) as img:
+        if own_limit:
+            # Pillow's check is replaced by ours (Pillow reads the header only on open).
+            with _pillow_limit_off():
+                img = Image.open(path)
+        else:
+            img = Image.open(path)
+        with img:
+            pixels = img.size[0] * img.size[1]
+            if pixels > limit:
+                raise ValueError(_too_large(path, pixels, limit))
             img.seek(0)
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray(np.clip(arr / max(arr.max(), 1) * 255, 0, 255).astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, img)
-            img = img.convert("RGB")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, bomb) as exc:
+            out = to_rgb(img)
+            if size is not None:
+                out = resize_image(out, size, resize, interpolation)
+            return np.asarray(out, dtype=np.uint8)
+    except bomb as exc:
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ValueError(_too_large(path, int(m.group(1)) if m else None, limit)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, struct.error) as exc:
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    except ValueError as exc:
+        if "decompression-bomb limit" in str(exc):
+            raise
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+_LIMIT_LOCK = threading.Lock()
+
+
+class _pillow_limit_off:
+    """Turns Pillow's own decompression-bomb check off while a file is opened
+    (``$KERASALEX_MAX_IMAGE_PIXELS`` replaces it)."""
+
+    def __enter__(self):
+        from PIL import Image
+
+        _LIMIT_LOCK.acquire()
+        self.saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+
+    def __exit__(self, *exc):
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = self.saved
+        _LIMIT_LOCK.release()
+        return False
+
+
+# --------------------------------------------------------------------------
+# Image folders: which files are taken
+# --------------------------------------------------------------------------
+
+# The extensions a folder scan takes (case-insensitive): the raster formats
+# Pillow reads. A file with another extension is left out and named, with
+# what it is when Pillow can read it anyway.
+IMAGE_EXTENSIONS = {
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga",
+}
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _not_an_image_reason(path: Path) -> str:
+    from PIL import Image
+
+    ext = path.suffix.lower()
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+    except Exception:
+        fmt = None
+    if fmt:
+        return (f"a {fmt} image, but its extension {ext or '(none)'!r} is not one the scan takes "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))}); rename it to use it")
+    if ext in (".heic", ".heif", ".avif", ".jxl"):
+        return f"{ext} images are not read (Pillow has no decoder for them here); convert it to JPEG or PNG"
+    return f"not an image file (extension {ext or '(none)'!r})"
+
+
+def list_image_files(folder: Path, left_out: list[dict] | None = None) -> list[Path]:
+    """The image files under ``folder`` at any depth, sorted.
+
+    Taken: files whose extension is in :data:`IMAGE_EXTENSIONS`. Left out, and
+    appended to ``left_out`` as ``{"path", "reason"}``: anything with a path
+    component starting with ``.`` below ``folder`` (``.ipynb_checkpoints/``,
+    ``.DS_Store``: one entry per hidden folder), and every other file.
+    """
+    folder = Path(folder)
+    taken: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        d = Path(dirpath)
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                count = sum(len(f) for _, _, f in os.walk(d / name))
+                if left_out is not None:
+                    left_out.append({"path": str(d / name) + os.sep,
+                                     "reason": f"hidden folder (name starts with '.'): its {count} file(s) are not read"})
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for name in sorted(filenames):
+            p = d / name
+            if name.startswith("."):
+                if left_out is not None:
+                    left_out.append({"path": str(p), "reason": "hidden file (name starts with '.')"})
+            elif p.suffix.lower() in IMAGE_EXTENSIONS:
+                taken.append(p)
+            elif left_out is not None:
+                left_out.append({"path": str(p), "reason": _not_an_image_reason(p)})
+    return sorted(taken)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return list_image_files(folder)
+
+
+def _class_folders(root: Path, left_out: list[dict] | None = None) -> list[Path]:
+    out = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith("."):
+            out.append(p)
+        elif left_out is not None:
+            kind = "folder" if p.is_dir() else "file"
+            why = (f"hidden {kind} (name starts with '.')" if p.name.startswith(".")
+                   else "not inside a class folder (each class is a subfolder)")
+            left_out.append({"path": str(p) + (os.sep if p.is_dir() else ""), "reason": why})
+    return out
+
+
+def describe_left_out(left_out: Sequence[dict], where: str = "") -> str:
+    """One line summarising files left out, by reason (the full list goes to the run's config.json)."""
+    if not left_out:
+        return ""
+    kinds: dict[str, int] = {}
+    for e in left_out:
+        r = e["reason"]
+        key = ("hidden" if r.startswith("hidden") else "not an image file" if r.startswith("not an image file")
+               else "not inside a class folder" if r.startswith("not inside") else "unreadable" if r.startswith("unreadable")
+               else "readable image with another extension (rename it)" if " image, but its extension" in r
+               else r.split(";")[0])
+        kinds[key] = kinds.get(key, 0) + 1
+    first = "; ".join(f"{Path(e['path']).name}: {e['reason']}" for e in left_out[:3])
+    more = f"; ... ({len(left_out) - 3} more)" if len(left_out) > 3 else ""
+    by = ", ".join(f"{n} {k}" for k, n in kinds.items())
+    return f"left out {len(left_out)} file(s){' under ' + where if where else ''} ({by}): {first}{more}"
 
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("KERASALEX_CACHE_DIR", Path.home() / ".cache" / "kerasalex")) / "folders"
 
 
-def _folder_key(root: Path, files: Sequence[Path], size: int) -> str:
-    h = hashlib.sha1(f"{root.resolve()}|{size}|v1".encode())
+def _folder_key(root: Path, files: Sequence[Path], rule: ResizeRule) -> str:
+    """Keyed on every decoding option and the decoding rule's version, so a
+    cache written by another rule (or an older kerasalex) is never reused."""
+    import PIL
+
+    h = hashlib.sha1(
+        f"{root.resolve()}|{rule.size}|{rule.resize}|{rule.interpolation}|v{DECODING_VERSION}|"
+        f"cms={_image_cms() is not None}|max_pixels={max_image_pixels()}|pillow={PIL.__version__}".encode()
+    )
     for f in files:
         st = f.stat()
         h.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
-def _warn_skipped(root: Path, skipped: Sequence[str]) -> None:
+def _warn_skipped(root: Path, skipped: Sequence[str], reasons: Sequence[str] = ()) -> None:
     if skipped:
-        shown = "; ".join(skipped[:10]) + (f"; ... ({len(skipped) - 10} more)" if len(skipped) > 10 else "")
-        warnings.warn(f"skipped {len(skipped)} corrupt image file(s) in {root}: {shown}", stacklevel=3)
+        items = [r or s for s, r in zip(skipped, list(reasons) + [""] * len(skipped))]
+        shown = "; ".join(items[:10]) + (f"; ... ({len(items) - 10} more)" if len(items) > 10 else "")
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {root}: {shown}", stacklevel=3)
 
 
-def scan_folder(root: Path, size: int, class_names: Sequence[str] | None = None, workers: int = 4) -> tuple[Split, list[str], list[str]]:
+class FolderScan(NamedTuple):
+    """What :func:`scan_folder` found.
+
+    Attributes:
+        split: the decoded images, labels and ``ids`` (paths relative to the root).
+        class_names: the class of each label index.
+        skipped: image files that could not be decoded (corrupt, too large).
+        left_out: every file not used, ``{"path", "reason"}`` (the skipped ones included).
+    """
+
+    split: "Split"
+    class_names: list[str]
+    skipped: list[str]
+    left_out: list[dict]
+
+
+def scan_folder(
+    root: Path,
+    size: int | ResizeRule,
+    class_names: Sequence[str] | None = None,
+    workers: int = 4,
+) -> FolderScan:
     """Decodes a folder with one subfolder per class into a uint8 :class:`Split`.
 
-    Returns (split, class_names, skipped) where ``skipped`` names the corrupt
-    files that were left out. Results are cached on disk (``~/.cache/kerasalex``
-    or ``$KERASALEX_CACHE_DIR``), keyed by the files' names, sizes and mtimes.
+    Args:
+        root: the folder.
+        size: the side images are fed at, or the whole :class:`ResizeRule`.
+        class_names: the model's classes, for a test folder: its class
+            folders must be among them (matched by name; a class may be
+            absent) and labels are indices into them. None: the class folders
+            found, sorted, are the classes.
+
+    Returns:
+        A :class:`FolderScan`. Results are cached on disk (``~/.cache/kerasalex``
+        or ``$KERASALEX_CACHE_DIR``), keyed by the files' names, sizes and
+        mtimes and every decoding option.
+
+    Raises:
+        ValueError: no such folder, fewer than two classes, a class folder
+            the model does not know, a class without readable images.
     """
+    rule = size if isinstance(size, ResizeRule) else ResizeRule(int(size))
+    root = Path(root)
     if not root.exists():
         raise ValueError(f"dataset folder not found: {root}")
     if not root.is_dir():
         raise ValueError(f"dataset must be a folder with one subfolder per class. Received a file: {root}")
-    folders = _class_folders(root)
+    left_out: list[dict] = []
+    folders = _class_folders(root, left_out)
+    found = [f.name for f in folders]
     if class_names is None:
-        class_names = [f.name for f in folders]
+        class_names = found
         if not folders:
             raise ValueError(f"no class subfolders in {root}; expected one subfolder of images per class")
         if len(folders) == 1:
             raise ValueError(f"only one class folder ({folders[0].name!r}) in {root}; expected at least 2 classes")
     else:
-        found = [f.name for f in folders]
-        if found != list(class_names):
-            raise ValueError(f"class folders of {root} {found} differ from the training classes {list(class_names)}")
+        unknown = [n for n in found if n not in class_names]
+        if unknown:
+            raise ValueError(f"class folders of {root} {unknown[:12]} are not among the model's classes "
+                             f"{list(class_names)[:12]}; a test folder may lack classes, but not add any")
+        if not folders:
+            raise ValueError(f"no class subfolders in {root}; expected subfolders named like the model's classes {list(class_names)[:12]}")
     files: list[Path] = []
     labels: list[int] = []
-    for i, name in enumerate(class_names):
-        fs = _image_files(root / name)
+    for name in found:
+        fs = list_image_files(root / name, left_out)
         if not fs:
-            raise ValueError(f"class folder {root / name} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise ValueError(f"class folder {root / name} holds no image files (expected files ending in "
+                             f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
         files += fs
-        labels += [i] * len(fs)
+        labels += [list(class_names).index(name)] * len(fs)
 
-    key = _folder_key(root, files, size)
+    ids_all = [f.relative_to(root).as_posix() for f in files]
+    key = _folder_key(root, files, rule)
     cache = _cache_dir() / f"{key}.npz"
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
-                split, cached_skipped = Split(z["x"], z["y"]), [str(s) for s in z["skipped"]]
-            _warn_skipped(root, cached_skipped)  # every run names them, not only the first
-            return split, list(class_names), cached_skipped
-        except Exception:  # a damaged cache is just rebuilt
+                ok = z["ok"]
+                split = Split(z["x"], z["y"], [i for i, k in zip(ids_all, ok) if k])
+                skipped = [str(s) for s in z["skipped"]]
+                reasons = [str(s) for s in z["reasons"]]
+            _warn_skipped(root, skipped, reasons)  # every run names them, not only the first
+            left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(skipped, reasons)]
+            return FolderScan(split, list(class_names), skipped, left_out)
+        except Exception:  # a damaged or older cache is just rebuilt
             pass
 
-    x = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    x = np.empty((len(files), rule.size, rule.size, 3), dtype=np.uint8)
     ok = np.ones(len(files), dtype=bool)
     skipped: list[str] = []
+    reasons: list[str] = []
 
     def work(i: int):
         try:
-            x[i] = decode_image(files[i], size)
+            x[i] = decode_image(files[i], rule.size, rule.resize, rule.interpolation)
             return None
         except ValueError as exc:
             return i, str(exc)
@@ -350,60 +766,58 @@ def scan_folder(root: Path, size: int, class_names: Sequence[str] | None = None,
             if res is not None:
                 ok[res[0]] = False
                 skipped.append(str(files[res[0]]))
+                reasons.append(res[1])
     y = np.asarray(labels, dtype=np.int32)
     x, y = x[ok], y[ok]
-    for i, name in enumerate(class_names):
-        if not np.any(y == i):
-            raise ValueError(f"class folder {root / name} holds no readable image (all corrupt)")
-    _warn_skipped(root, skipped)
+    for name in found:
+        if not np.any(y == list(class_names).index(name)):
+            raise ValueError(f"class folder {root / name} holds no readable image (all unreadable: "
+                             f"{reasons[0] if reasons else 'corrupt'})")
+    _warn_skipped(root, skipped, reasons)
     try:
         from kerasalex.files import atomic_path
 
         with atomic_path(cache, suffix=".npz") as tmp:
-            np.savez(tmp, x=x, y=y, skipped=np.asarray(skipped, dtype=str))
+            np.savez(tmp, x=x, y=y, ok=ok, skipped=np.asarray(skipped, dtype=str), reasons=np.asarray(reasons, dtype=str))
     except OSError:
         pass  # the cache is an optimisation only
-    return Split(x, y), list(class_names), skipped
+    left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(skipped, reasons)]
+    return FolderScan(Split(x, y, [i for i, k in zip(ids_all, ok) if k]), list(class_names), skipped, left_out)
 
 
-def load_folder(root: str | os.PathLike, size: int) -> ImageData:
+def load_folder(root: str | os.PathLike, size: int | ResizeRule, test: bool = True,
+                class_names: Sequence[str] | None = None) -> ImageData:
     """An image folder: ``root/train/<class>/`` and ``root/test/<class>/`` when
     ``train/`` exists; otherwise ``root/<class>/`` is the training data (and
-    also what ``evaluate`` uses as its test data)."""
+    also what ``evaluate --split test`` uses as its test data).
+
+    Args:
+        test: read ``root/test/`` too. Training passes False: it never reads
+            the test split, so a ``test/`` lacking a class is no concern of its.
+        class_names: the model's classes (evaluation): ``test/`` is matched to
+            them by name.
+    """
     root = Path(root)
     if not root.exists():
         raise ValueError(f"dataset folder not found: {root}")
     train_root = root / "train" if (root / "train").is_dir() else root
-    train, names, skipped = scan_folder(train_root, size)
-    test = None
-    if train_root != root and (root / "test").is_dir():
-        test, _, sk = scan_folder(root / "test", size, class_names=names)
-        skipped += sk
+    train_scan = scan_folder(train_root, size, class_names=class_names)
+    names, skipped, left_out = train_scan.class_names, list(train_scan.skipped), list(train_scan.left_out)
+    test_split = None
+    if train_root != root and test and (root / "test").is_dir():
+        t = scan_folder(root / "test", size, class_names=names)
+        test_split = t.split
+        skipped += t.skipped
+        left_out += t.left_out
     elif train_root == root:
-        test = train
-    return ImageData(root.name or str(root), names, train=train, test=test, skipped=skipped)
+        test_split = train_scan.split
+    return ImageData(root.name or str(root), names, train=train_scan.split, test=test_split,
+                     skipped=skipped, left_out=left_out)
 
 
 # --------------------------------------------------------------------------
 # The front door
 # --------------------------------------------------------------------------
-
-
-def _resize_uint8(x: np.ndarray, size: int) -> np.ndarray:
-    if x.shape[1] == size and x.shape[2] == size:
-        return x
-    if x.shape[1] * 4 == size * 1 and False:  # pragma: no cover
-        pass
-    if size % x.shape[1] == 0 and size % x.shape[2] == 0 and x.shape[1] == x.shape[2]:
-        f = size // x.shape[1]
-        return np.repeat(np.repeat(x, f, axis=1), f, axis=2)
-    import tensorflow as tf
-
-    out = np.empty((x.shape[0], size, size, 3), np.uint8)
-    for i in range(0, len(x), 1024):
-        r = tf.image.resize(x[i : i + 1024], (size, size), method="bilinear")
-        out[i : i + 1024] = np.clip(np.round(r.numpy()), 0, 255).astype(np.uint8)
-    return out
 
 
 def dataset_name(dataset: str) -> str:
@@ -423,23 +837,34 @@ def load_data(
     dataset: str = "cifar10",
     data_dir: str | None = None,
     image_size: int | None = None,
+    resize: str = "squash",
+    interpolation: str | None = None,
+    test: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> ImageData:
     """Loads a dataset by name (``cifar10``, ``cifar100``, ``digits``) or path
-    (an image folder) as uint8 train/test splits.
+    (an image folder) as uint8 train/test splits, every image decoded and
+    resized by one rule (:func:`decode_image`, :func:`resize_array`).
 
     Args:
         dataset: a name or a folder path.
         data_dir: for cifar10/cifar100, a local python-format ``.tar.gz`` or
             extracted folder (offline); default: Keras's download/cache.
         image_size: side of the square images returned; default 32.
+        resize: ``"squash"`` or ``"crop"`` (see :class:`ResizeRule`).
+        interpolation: ``"bilinear"`` or ``"nearest"``; default
+            :func:`default_interpolation` of the dataset.
+        test: also load the test split (training passes False: it never reads it).
+        class_names: the model's classes, to match a folder's ``test/`` by name.
     """
     size = int(image_size or 32)
     if size < 1:
         raise ValueError(f"image_size must be positive. Received: image_size={image_size}")
+    rule = ResizeRule(size, resize, interpolation or default_interpolation(dataset))
     if dataset in ("cifar10", "cifar100"):
         data = load_cifar_python(data_dir, dataset) if data_dir else _load_keras_cifar(dataset)
     elif dataset == "digits":
-        data = load_digits_rgb(size)
+        data = load_digits_rgb(size, rule.interpolation)
     else:
         if data_dir:
             raise ValueError("--data-dir applies to cifar10/cifar100; for an image folder pass it as --dataset PATH")
@@ -448,11 +873,55 @@ def load_data(
             raise ValueError(
                 f"dataset {dataset!r} is neither a known name ({', '.join(NAMED_DATASETS)}) nor an existing folder"
             )
-        return load_folder(p, size)
+        return load_folder(p, rule, test=test, class_names=class_names)
+    if not test:
+        data.test = None
     for split in (data.train, data.test):
         if split is not None:
-            split.x = _resize_uint8(split.x, size)
+            split.x = resize_array(split.x, size, rule.resize, rule.interpolation)
     return data
+
+
+def fingerprint(split: Split) -> str:
+    """sha1 of a split's labels and decoded pixels: equal for the same images
+    in the same order decoded by the same rule (what a model records about
+    the data it was trained on)."""
+    h = hashlib.sha1(np.ascontiguousarray(split.y, dtype=np.int32).tobytes())
+    h.update(str(split.x.shape).encode())
+    h.update(np.ascontiguousarray(split.x).data)
+    return h.hexdigest()
+
+
+def stratified_sample(y: np.ndarray, n: int, seed: int = SPLIT_SEED) -> np.ndarray:
+    """Sorted indices of a seeded, stratified sample of ``n`` of the labels ``y``.
+
+    Each class present gets a share of ``n`` in proportion to its count
+    (largest remainders), and at least one image when ``n`` is at least the
+    number of classes present; within a class the images are drawn at random
+    with ``seed``. ``n >= len(y)`` returns every index.
+    """
+    y = np.asarray(y)
+    if n >= len(y):
+        return np.arange(len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    quota = counts * (n / len(y))
+    take = np.floor(quota).astype(int)
+    if n >= len(classes):
+        take = np.maximum(take, 1)
+    take = np.minimum(take, counts)
+    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
+    while take.sum() < n:
+        for i in order:
+            if take.sum() >= n:
+                break
+            if take[i] < counts[i]:
+                take[i] += 1
+    while take.sum() > n:  # the minimum of one per class overshot: trim the largest shares
+        i = int(np.argmax(take - (take <= 1) * n))
+        take[i] -= 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(y == c), size=int(k), replace=False) for c, k in zip(classes, take) if k]
+    return np.sort(np.concatenate(picked)) if picked else np.arange(0)
 
 
 def carve_validation(data: ImageData, val_split: float, limit: int | None = None, seed: int = 0) -> ImageData:
@@ -472,17 +941,17 @@ def carve_validation(data: ImageData, val_split: float, limit: int | None = None
         strat = train.y if counts[counts > 0].min() >= 2 and n_val >= data.num_classes else None
         tr_idx, va_idx = train_test_split(idx, test_size=n_val, random_state=SPLIT_SEED, stratify=strat)
         tr_idx, va_idx = np.sort(tr_idx), np.sort(va_idx)
-        val = Split(train.x[va_idx], train.y[va_idx])
-        train = Split(train.x[tr_idx], train.y[tr_idx])
+        val = train.take(va_idx)
+        train = train.take(tr_idx)
     if limit is not None and limit < len(train):
         rng = np.random.default_rng(SPLIT_SEED)
         keep = np.sort(rng.permutation(len(train))[:limit])
-        train = Split(train.x[keep], train.y[keep])
+        train = train.take(keep)
         if val is not None:
             n = max(1, int(np.ceil(limit * val_split / max(1e-9, 1 - val_split))))
             if n < len(val):
                 keep = np.sort(rng.permutation(len(val))[:n])
-                val = Split(val.x[keep], val.y[keep])
+                val = val.take(keep)
     return dataclasses.replace(data, train=train, val=val)
 
 
@@ -560,16 +1029,31 @@ def images_only(x: np.ndarray, batch_size: int):
     return tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def iter_image_paths(paths: Iterable[str]) -> list[Path]:
+def iter_image_paths(paths: Iterable[str], left_out: list[dict] | None = None) -> list[Path]:
+    """The image files ``predict`` reads: each file named (whatever its
+    extension: naming a file takes it), and the image files of each folder
+    named, by the folder scan's rule (:func:`list_image_files`; what it
+    leaves out is appended to ``left_out``).
+
+    Raises:
+        ValueError: a path does not exist, or no image file was found (the
+            message names the folders and the extensions expected).
+    """
     out = []
+    folders = []
     for p in paths:
         p = Path(p)
         if not p.exists():
             raise ValueError(f"image not found: {p}")
         if p.is_dir():
-            out += _image_files(p)
+            folders.append(p)
+            out += list_image_files(p, left_out)
         else:
             out.append(p)
     if not out:
-        raise ValueError("no image files given")
+        where = ", ".join(str(f) for f in folders) or "(nothing)"
+        raise ValueError(
+            f"no image files in {where}: expected files ending in {', '.join(sorted(IMAGE_EXTENSIONS))} "
+            f"(any depth; hidden files and folders are skipped)"
+        )
     return out

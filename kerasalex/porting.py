@@ -388,7 +388,11 @@ def port_torchvision_alexnet(pth_path: str | Path, output_path: str | Path = DEF
         set_keras_weights(model, converted)
     else:
         model = core  # same weight-bearing layers in the same order as build_torch_alexnet
-    save_model(model, output)
+    from kerasalex.data import ResizeRule
+
+    # predict/evaluate decode files for it as torchvision does (shorter side + centre crop).
+    save_model(model, output, metadata={"arch": "alexnet-torch",
+                                        "preprocessing": ResizeRule(224, "crop", "bilinear").to_dict()})
     return figures
 
 

@@ -27,13 +27,81 @@ def _pyplot():
     return plt
 
 
+_CHARMAPS: dict[str, frozenset] = {}
+_FONT_WARNED = False
+
+
+def _charmap(path: str) -> frozenset:
+    from matplotlib import ft2font
+
+    if path not in _CHARMAPS:
+        try:
+            _CHARMAPS[path] = frozenset(ft2font.FT2Font(path).get_charmap())
+        except Exception:  # an unreadable font file covers nothing
+            _CHARMAPS[path] = frozenset()
+    return _CHARMAPS[path]
+
+
+def fonts_covering(chars: set[str]) -> list[str]:
+    """Installed font families (matplotlib's font list) that have a glyph for
+    every one of ``chars`` (matplotlib's "Last Resort" placeholder font excluded)."""
+    from matplotlib import font_manager
+
+    need = {ord(c) for c in chars}
+    out: list[str] = []
+    for entry in sorted(font_manager.fontManager.ttflist, key=lambda f: (f.name, f.fname)):
+        if entry.name not in out and not entry.name.startswith("Last Resort") and need <= _charmap(entry.fname):
+            out.append(entry.name)
+    return out
+
+
+def fit_fonts(fig) -> None:
+    """Lets every text of ``fig`` be drawn with real glyphs (call it before
+    the first draw, e.g. ``tight_layout``): when the default
+    font lacks some (class names in Hangul, CJK, ...), an installed font that
+    has them is added as a fallback; when none is installed, one warning
+    says so (instead of one per missing glyph) and the boxes stay."""
+    global _FONT_WARNED
+    import warnings
+
+    import matplotlib
+    from matplotlib import font_manager
+    from matplotlib.text import Text
+
+    texts = [t for t in fig.findobj(Text) if t.get_text()]
+    chars = {c for t in texts for c in t.get_text() if ord(c) > 127 and not c.isspace()}
+    if not chars:
+        return
+    default = font_manager.findfont(font_manager.FontProperties(family=matplotlib.rcParams["font.family"]))
+    missing = {c for c in chars if ord(c) not in _charmap(default)}
+    if not missing:
+        return
+    found = fonts_covering(missing)
+    if found:
+        for t in texts:
+            families = t.get_fontfamily()
+            t.set_fontfamily([*families, found[0]] if found[0] not in families else families)
+        return
+    if not _FONT_WARNED:
+        _FONT_WARNED = True
+        warnings.warn(
+            f"no installed font has glyphs for {''.join(sorted(missing))[:20]!r}: they show as boxes in the plots; "
+            f"install one (e.g. fonts-noto-cjk) and delete matplotlib's font cache to use it",
+            stacklevel=3,
+        )
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Saves a figure atomically (temp file + rename) and closes it."""
+    """Saves a figure atomically (temp file + rename) and closes it; texts
+    whose glyphs the default font lacks get an installed font that has them
+    (:func:`fit_fonts`)."""
     from kerasalex.files import atomic_path
 
     plt = _pyplot()
     path = Path(path)
     try:
+        fit_fonts(fig)
         with atomic_path(path, suffix=path.suffix or ".png") as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=(path.suffix.lstrip(".") or "png"))
     finally:
@@ -89,6 +157,7 @@ def plot_learning_curves(history: Sequence[dict], path: str | os.PathLike, title
             ax.legend()
     if title:
         fig.suptitle(title, fontweight="bold")
+    fit_fonts(fig)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -143,6 +212,7 @@ def plot_loss_comparison(
         ax.set_ylabel("Loss", fontsize=12)
     ax.set_title(title, fontsize=14, fontweight="bold")
     ax.grid(True, linestyle="--", alpha=0.7)
+    fit_fonts(fig)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -175,6 +245,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
                 color = "white" if frac[i, j] > 0.5 else ("#AAAAAA" if v == 0 else "black")
                 ax.text(j, i, v, ha="center", va="center", fontsize=fontsize, color=color,
                         fontweight="bold" if i == j and v else "normal")
+    fit_fonts(fig)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -242,6 +313,7 @@ def plot_prediction_grid(
         suptitle = f"{correct} of {n} predicted correctly (wrong ones in red)"
     if suptitle:
         fig.suptitle(suptitle, fontweight="bold")
+    fit_fonts(fig)
     fig.tight_layout()
     return save_figure(fig, path)
 

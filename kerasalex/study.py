@@ -311,7 +311,7 @@ def run_study(
         where = "test split" if split == "test" else "held-out validation slice"
         log(f"{arch}: evaluating {run_dir / 'model.keras'} on the {where}")
         evaluate(run_dir / "model.keras", dataset, data_dir, eval_batch_size, run_dir, eval_limit,
-                 split=split, val_split=config.val_split)
+                 split=split)  # the held-out slice the model itself records
         entry.update(status="finished", seconds_this_session=round(time.perf_counter() - t0, 1),
                      finished=_dt.datetime.now().isoformat(timespec="seconds"))
         _save_state(study_dir, state)

@@ -281,6 +281,7 @@ def model_metadata(config: TrainConfig, data) -> dict[str, Any]:
         version = md.version("kerasalex")
     except md.PackageNotFoundError:
         version = None
+    record = getattr(data, "training_data", None) or {}
     return {
         "kerasalex_version": version,
         "arch": config.arch,
@@ -288,6 +289,54 @@ def model_metadata(config: TrainConfig, data) -> dict[str, Any]:
         "image_shape": list(data.image_shape),
         "dataset": config.dataset,
         "config": config.to_dict(),
+        # How files are decoded and resized for this model (evaluate and predict reuse it).
+        "preprocessing": record.get("preprocessing") or resize_rule(config).to_dict(),
+        # What it was trained on, so any copy is evaluated on images it never saw.
+        "training_data": record or None,
+    }
+
+
+# A held-out file list longer than this is not stored in the model file
+# (the data's fingerprint and the split rule still identify the slice).
+MAX_HELD_OUT_NAMES = 100_000
+
+
+def resize_rule(config: TrainConfig):
+    """The :class:`kerasalex.data.ResizeRule` a run decodes its images by:
+    ``--image-size`` (else the architecture's), ``--resize`` (else the
+    architecture's), and the dataset's interpolation."""
+    from kerasalex.data import ResizeRule, default_interpolation
+    from kerasalex.models import get_architecture
+
+    arch = get_architecture(config.arch)
+    size = config.image_size or arch.image_size
+    return ResizeRule(int(size), config.resize or arch.resize, default_interpolation(config.dataset))
+
+
+def training_data_record(config: TrainConfig, source, carved, rule) -> dict:
+    """What a model records about its training data (``training_data`` in its
+    metadata and the run's config.json): the dataset, the split rule
+    (``val_split``, the fixed split seed, ``limit``), a fingerprint of the
+    images the split was carved from, and the held-out images (their
+    fingerprint and, for a folder, their paths), so :func:`kerasalex.evaluation.held_out_split`
+    finds exactly the images the model never saw."""
+    from kerasalex.data import SPLIT_SEED, fingerprint
+
+    val = carved.val
+    held = val.ids if val is not None and val.ids is not None and len(val.ids) <= MAX_HELD_OUT_NAMES else None
+    return {
+        "dataset": config.dataset,
+        "data_dir": config.data_dir,
+        "images": len(source.train),
+        "fingerprint": fingerprint(source.train),
+        "val_split": float(config.val_split),
+        "split_seed": SPLIT_SEED,
+        "limit": config.limit,
+        "train_images": len(carved.train),
+        "val_images": len(val) if val is not None else 0,
+        "held_out_fingerprint": fingerprint(val) if val is not None else None,
+        "held_out": held,
+        "preprocessing": rule.to_dict(),
     }
 
 
@@ -319,13 +368,16 @@ def _prepare_data(config: TrainConfig):
     from kerasalex.models import get_architecture
 
     arch = get_architecture(config.arch)
-    size = config.image_size or arch.image_size
-    if size < arch.min_image_size:
-        raise ValueError(f"--image-size {size} is too small for {config.arch} (at least {arch.min_image_size})")
-    ds = D.load_data(config.dataset, config.data_dir, image_size=size)
-    ds = D.carve_validation(ds, config.val_split, config.limit)
-    # Training never touches the test split: do not hold it in memory.
-    return dataclasses.replace(ds, test=None)
+    rule = resize_rule(config)
+    if rule.size < arch.min_image_size:
+        raise ValueError(f"--image-size {rule.size} is too small for {config.arch} (at least {arch.min_image_size})")
+    # Training never reads the test split (a test/ lacking a class is no concern of its).
+    source = D.load_data(config.dataset, config.data_dir, image_size=rule.size, resize=rule.resize,
+                         interpolation=rule.interpolation, test=False)
+    ds = D.carve_validation(source, config.val_split, config.limit)
+    ds = dataclasses.replace(ds, test=None)
+    ds.training_data = training_data_record(config, source, ds, rule)
+    return ds
 
 
 def _build_or_resume(config: TrainConfig, arch, data, state: dict | None, steps: int):
@@ -492,8 +544,13 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         f"{data.name}: {n_train} training / {len(data.val) if data.val is not None else 0} validation images "
         f"{data.image_shape}, {data.num_classes} classes (loaded in {time.perf_counter() - t0:.1f}s)"
     )
-    if data.skipped:
-        _say(f"skipped {len(data.skipped)} corrupt image file(s); see the warning above")
+    if data.left_out:
+        from kerasalex.data import describe_left_out, display_name
+
+        _say(describe_left_out(data.left_out, display_name(config.dataset)) + "; all listed in config.json (left_out_files)")
+    rule = data.training_data["preprocessing"]
+    _say(f"images decoded by one rule: EXIF orientation applied, {rule['color']}, transparency on white; "
+         f"resized to {rule['image_size']}x{rule['image_size']} by {rule['resize']} ({rule['interpolation']})")
 
     if config.fine_tune_epochs and arch.fit is None:
         raise ValueError(f"--fine-tune-epochs applies to transfer architectures (vgg16), not {config.arch}")
@@ -508,7 +565,9 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
             "resolved": {"precision": precision, "steps_per_epoch": steps, "train_images": n_train,
                          "val_images": len(data.val) if data.val is not None else 0,
                          "class_names": data.class_names, "image_shape": list(data.image_shape),
-                         "skipped_files": data.skipped, "parameters": int(model.count_params()),
+                         "skipped_files": data.skipped, "left_out_files": data.left_out,
+                         "preprocessing": data.training_data["preprocessing"],
+                         "training_data": data.training_data, "parameters": int(model.count_params()),
                          "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
                          "jit_compile": bool(model.jit_compile), "replicas": int(strategy.num_replicas_in_sync),
                          "inter_op_threads": inter_op,

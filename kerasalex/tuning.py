@@ -997,11 +997,14 @@ def _prepare_data(base: TrainConfig):
     from kerasalex import data as D
     from kerasalex.models import get_architecture
 
+    from kerasalex.training import resize_rule
+
     arch = get_architecture(base.arch)
-    size = base.image_size or arch.image_size
-    if size < arch.min_image_size:
-        raise ValueError(f"--image-size {size} is too small for {base.arch} (at least {arch.min_image_size})")
-    ds = D.load_data(base.dataset, base.data_dir, image_size=size)
+    rule = resize_rule(base)  # the same decoding and resizing as train
+    if rule.size < arch.min_image_size:
+        raise ValueError(f"--image-size {rule.size} is too small for {base.arch} (at least {arch.min_image_size})")
+    ds = D.load_data(base.dataset, base.data_dir, image_size=rule.size, resize=rule.resize,
+                     interpolation=rule.interpolation, test=False)
     return D.carve_validation(ds, base.val_split, base.limit)
 
 
@@ -1091,6 +1094,9 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
         _say(f"worker {tuner_id} finished: ran trial(s) {', '.join(tuner.trials_run) or 'none'}")
         return SearchResult(project, [], None, None, None, who)
 
+    ended = exhausted_note(tuner.oracle, config.trials_limit)
+    if ended:
+        _say(ended)
     trials = trial_rows(tuner.oracle, space)
     write_trial_table(project, trials, config.objective)
     best = best_trial(tuner.oracle)
@@ -1110,6 +1116,43 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
         model_path = retrain(config, hparams, project)
     best_row = next(r for r in trials if r["trial"] == best.trial_id)
     return SearchResult(project, trials, best_row, hparams_path, model_path, who)
+
+
+def space_size(hyperparameters) -> int | None:
+    """How many distinct combinations a keras-tuner search space holds (None:
+    infinitely many, a continuous range)."""
+    n = 1
+    for hp in hyperparameters.space:
+        kind = type(hp).__name__
+        if kind == "Boolean":
+            k = 2
+        elif kind == "Choice":
+            k = len(hp.values)
+        elif kind in ("Int", "Float"):
+            step = getattr(hp, "step", None)
+            if isinstance(hp.min_value, int) and isinstance(hp.max_value, int) and step in (None, 0):
+                step = 1
+            if not step or getattr(hp, "sampling", "linear") not in (None, "linear"):
+                return None
+            k = int(math.floor((hp.max_value - hp.min_value) / step + 1e-9)) + 1
+        else:  # Fixed
+            k = 1
+        n *= max(1, k)
+    return n
+
+
+def exhausted_note(oracle, trials_limit: int | None) -> str | None:
+    """Why a search ended before ``trials_limit`` trials: every combination of
+    the space was tried (keras-tuner's oracle stops when it cannot draw an
+    untried one). None when it ran its trials (or has no trial limit)."""
+    done = len(oracle.trials)
+    if not trials_limit or done >= trials_limit or oracle.ongoing_trials:
+        return None
+    size = space_size(oracle.get_space())
+    what = (f"all {size} combination(s) of the search space were tried" if size is not None
+            else "the oracle could not draw an untried combination (its space is nearly exhausted)")
+    return (f"the search ended after {done} of {trials_limit} trials: {what}; widen the space "
+            f"(--search-space) to run more, or lower --max-trials")
 
 
 def _trial_metrics(trial) -> dict[str, float]:

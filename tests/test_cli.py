@@ -127,7 +127,7 @@ def test_evaluate_writes_report_and_confusion_matrix(trained):
 def test_evaluate_a_copied_model_reports_beside_it(trained, tmp_path):
     cwd, _, _ = trained
     r = invoke(["evaluate", "saved_models/digits.keras", "--dataset", "digits", "--limit", "50"], cwd)
-    assert "(50 images)" in r.output
+    assert "(a stratified sample of 50 of 360 images)" in r.output
     assert (cwd / "saved_models" / "digits-eval" / "evaluation.json").is_file()
 
 
@@ -147,6 +147,24 @@ def test_predict_top_k_and_plot(trained, tmp_path):
     assert len(out[0]["top"]) == 2
     probs = [t["probability"] for t in out[0]["top"]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def test_a_raw_8x8_digit_png_is_read_as_training_read_digits(trained, tmp_path):
+    """digits are upscaled nearest-neighbour for training; the model records
+    it and predict applies it to an 8x8 PNG (not bilinear)."""
+    from sklearn.datasets import load_digits
+
+    from kerasalex.files import read_model_metadata
+
+    cwd, run, _ = trained
+    pre = read_model_metadata(run / "model.keras")["preprocessing"]
+    assert (pre["interpolation"], pre["resize"], pre["image_size"]) == ("nearest", "squash", 16)
+    raw = np.clip(np.round(load_digits().images[0] * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    Image.fromarray(raw, "L").save(tmp_path / "raw8.png")
+    Image.fromarray(np.repeat(np.repeat(raw, 2, 0), 2, 1), "L").save(tmp_path / "blocks16.png")  # training's 16 px image
+    r = invoke(["predict", run / "model.keras", tmp_path / "raw8.png", tmp_path / "blocks16.png", "--json"], cwd)
+    out = json.loads(r.output)
+    assert out[0]["top"] == out[1]["top"]
 
 
 def test_recipe_study_is_the_studys(tmp_path):

@@ -154,7 +154,7 @@ def folder(tmp_path, monkeypatch):
 
 
 def test_folder_grayscale_rgba_odd_sizes_corrupt(folder):
-    with pytest.warns(UserWarning, match=r"skipped 1 corrupt image file\(s\).*broken\.png"):
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\).*broken\.png"):
         d = D.load_data(str(folder), image_size=24)
     assert d.class_names == ["cat", "dog"]
     assert d.train.x.shape == (5, 24, 24, 3) and d.train.x.dtype == np.uint8
@@ -194,14 +194,21 @@ def test_folder_with_train_and_test(tmp_path, monkeypatch):
     assert len(d.train) == 6 and len(d.test) == 4
 
 
-def test_folder_test_classes_must_match(tmp_path, monkeypatch):
+def test_folder_test_classes_may_be_a_subset_but_not_add_one(tmp_path, monkeypatch):
     monkeypatch.setenv("KERASALEX_CACHE_DIR", str(tmp_path / "cache"))
-    _img(tmp_path / "ds" / "train" / "x" / "0.png")
-    _img(tmp_path / "ds" / "train" / "y" / "0.png")
+    for c in ("x", "y", "z"):
+        _img(tmp_path / "ds" / "train" / c / "0.png")
     _img(tmp_path / "ds" / "test" / "x" / "0.png")
     _img(tmp_path / "ds" / "test" / "z" / "0.png")
-    with pytest.raises(ValueError, match="differ from the training classes"):
+    d = D.load_data(str(tmp_path / "ds"))
+    # test/ lacks y: its images are labelled by name, x -> 0 and z -> 2
+    assert d.class_names == ["x", "y", "z"] and d.test.y.tolist() == [0, 2]
+    _img(tmp_path / "ds" / "test" / "w" / "0.png")
+    with pytest.raises(ValueError, match=r"\['w'\] are not among the model's classes"):
         D.load_data(str(tmp_path / "ds"))
+    # training never reads test/: an extra class there does not stop it
+    d = D.load_data(str(tmp_path / "ds"), test=False)
+    assert d.test is None and len(d.train) == 3
 
 
 @pytest.mark.parametrize(

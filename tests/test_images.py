@@ -57,8 +57,8 @@ def test_prescan_names_exactly_the_corrupt_files(awkward):
     from kerasalex.data import scan_folder
 
     root, corrupt = awkward
-    with pytest.warns(UserWarning, match="skipped 3 corrupt image file") as caught:
-        split, names, skipped = scan_folder(root, SIZE)
+    with pytest.warns(UserWarning, match="skipped 3 unreadable image file") as caught:
+        split, names, skipped, _ = scan_folder(root, SIZE)
     assert set(skipped) == corrupt
     message = str(caught[0].message)
     assert all(p in message for p in corrupt)
@@ -75,8 +75,8 @@ def test_the_cached_scan_names_them_again(awkward):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scan_folder(root, SIZE)
-    with pytest.warns(UserWarning, match="skipped 3 corrupt image file"):
-        _, _, skipped = scan_folder(root, SIZE)  # from the cache
+    with pytest.warns(UserWarning, match="skipped 3 unreadable image file"):
+        _, _, skipped, _ = scan_folder(root, SIZE)  # from the cache
     assert set(skipped) == corrupt
 
 
@@ -124,14 +124,15 @@ def test_a_class_with_only_corrupt_files_is_an_error(awkward):
     (bad / "b.png").write_text("text")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match=r"zzz holds no readable image \(all corrupt\)"):
+        with pytest.raises(ValueError, match=r"zzz holds no readable image \(all unreadable"):
             scan_folder(root, SIZE)
 
 
 def test_a_decompression_bomb_is_skipped_not_fatal(tmp_path, monkeypatch):
     from kerasalex.data import decode_image
 
+    monkeypatch.delenv("KERASALEX_MAX_IMAGE_PIXELS", raising=False)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")  # 1600 px > 2 x 100: DecompressionBombError
-    with pytest.raises(ValueError, match="big.png: not a readable image"):
+    with pytest.raises(ValueError, match="big.png: too large, not corrupt"):
         decode_image(tmp_path / "big.png", SIZE)

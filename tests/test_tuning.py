@@ -434,3 +434,31 @@ def test_chief_and_two_workers_on_loopback(tmp_path):
     assert "[kerasalex] trial " not in chief_out
     best = json.loads((project / "best_trial.json").read_text())
     assert best["trial_id"] in ids and (project / "best_hparams.json").exists()
+
+
+def test_a_search_that_exhausts_its_space_says_why(tmp_path):
+    """Two combinations and --max-trials 4: the search stops after 2 and says
+    the space was exhausted (issue 14)."""
+    from conftest import run_kerasalex
+
+    from kerasalex.tuning import space_size
+
+    space = {"optimizer": {"fixed": "sgd"}, "lr": {"values": [0.01, 0.02]}, "momentum": {"fixed": 0.9},
+             "weight_decay": {"fixed": 0.0}, "dropout": {"fixed": 0.0}, "label_smoothing": {"fixed": 0.0},
+             "batch_size": {"fixed": 128}, "augment": {"fixed": False}}
+    r = run_kerasalex(["tune", *TINY, "--tuner", "random", "--max-trials", "4", "--search-space",
+                       _space_file(tmp_path, space), "--directory", tmp_path / "t"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert "the search ended after 2 of 4 trials: all 2 combination(s) of the search space were tried" in out
+
+    import keras_tuner
+
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("a", [1, 2, 3])
+    hp.Boolean("b")
+    hp.Int("c", 1, 4)
+    hp.Float("d", 0.1, 0.3, step=0.1)
+    assert space_size(hp) == 3 * 2 * 4 * 3
+    hp.Float("e", 0.1, 0.2)
+    assert space_size(hp) is None

@@ -14,49 +14,45 @@ from kerasalex.commands import user_errors
 @click.option("--dataset", default="cifar10", show_default=True, help="cifar10, cifar100, digits, or an image folder.")
 @click.option("--data-dir", type=click.Path(), default=None, help="Local CIFAR python archive/folder (offline).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate on the first N test images.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate on a seeded, stratified sample of N images (every class present when N >= classes).")
 @click.option("--output-dir", type=click.Path(), default=None,
               help="Where the report goes [the model's run folder, else <model>-eval/].")
 @click.option("--split", type=click.Choice(["auto", "test", "val"]), default="auto", show_default=True,
-              help="auto = the test split; for an image folder without test/, the held-out validation slice "
-                   "that training carved (never the training images).")
+              help="auto = the test split; for an image folder without test/, the images the model held out "
+                   "of its training data (never the training images).")
 @click.option("--val-split", type=float, default=None,
-              help="The run's --val-split, for --split val [read from the run folder, else 0.1].")
+              help="For --split val: the fraction held out [the model's own, recorded in the .keras file].")
 @click.option("--tta/--no-tta", default=None,
               help="Horizontal-flip test-time augmentation: average the predictions of each image and its mirror "
                    "[on for models trained with random flips].")
 def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val_split, tta):
     """Test loss/accuracy, classification report, confusion matrix of MODEL.
 
+    The test set may lack some of the model's classes (matched by folder
+    name; reported with support 0). The held-out slice of a folder without
+    test/ is found from what the model file records about its training data,
+    so a copied model is scored on images it never saw, or refused.
+
     \b
     Examples:
       kerasalex evaluate runs/alexnet-digits-20261128-101500/model.keras --dataset digits
       kerasalex evaluate saved_models/pets.keras --dataset ~/pets          # pets/ without test/: held-out slice
     """
-    import json
-    from pathlib import Path
-
     from kerasalex.compare import evaluation_split
     from kerasalex.evaluation import evaluate as run_eval
 
     with user_errors():
         if split == "auto":
             split = evaluation_split(dataset)
-        if val_split is None:
-            cfg = Path(model).parent / "config.json"
-            val_split = 0.1
-            if cfg.is_file():
-                try:
-                    val_split = float(json.loads(cfg.read_text())["config"].get("val_split", 0.1))
-                except (ValueError, KeyError, TypeError):
-                    pass
-        if split == "val":
-            click.echo(f"{dataset} has no test split: evaluating on the held-out validation slice (val_split={val_split})")
-        r = run_eval(model, dataset, data_dir, batch_size, output_dir, limit, split=split, val_split=val_split, tta=tta)
+        r = run_eval(model, dataset, data_dir, batch_size, output_dir, limit, split=split, val_split=val_split,
+                     log=click.echo, tta=tta)
     click.echo(r["report_text"])
     label = "Test accuracy" if r["split"] == "test" else "Held-out accuracy"
-    click.echo(f"{label}: {r['test_accuracy']:.2%}  loss: {r['test_loss']:.4f}  ({r['test_images']} images"
-               f"{', flip TTA' if r['tta'] else ''})")
+    sample = r.get("sample")
+    of = f"a stratified sample of {r['test_images']} of {sample['of']} images" if sample else f"{r['test_images']} images"
+    tta_note = ", flip TTA" if r.get("tta") else ""
+    click.echo(f"{label}: {r['test_accuracy']:.2%}  macro F1: {r['macro_f1']:.4f}  loss: {r['test_loss']:.4f}  ({of}{tta_note})")
     click.echo(f"Report, confusion matrix and figures in {r['output_dir']}")
 
 
@@ -65,26 +61,46 @@ def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--plot", type=click.Path(), default=None, help="Write a figure of the images titled with their predictions.")
+@click.option("--resize", type=click.Choice(["squash", "crop"]), default=None,
+              help="squash the whole image to the model's square, or crop its centre after scaling the shorter side "
+                   "[the rule the model was trained with].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def predict(model, images, top_k, plot, as_json):
+def predict(model, images, top_k, plot, resize, as_json):
     """Top-k classes for each IMAGE (files or folders) with MODEL.
+
+    Images are decoded as training decoded them. A file that cannot be read
+    is named on stderr and the others are still predicted; the exit status is
+    then 3 (1 when nothing could be predicted).
 
     \b
     Example:
       kerasalex predict saved_models/run.keras cat.jpg dog.png --top-k 3 --plot preds.png
     """
+    import sys
+
+    from kerasalex.data import describe_left_out
+    from kerasalex.evaluation import EXIT_SOME_SKIPPED
     from kerasalex.evaluation import predict as run_predict
 
     with user_errors():
-        out = run_predict(model, images, top_k, plot)
+        result = run_predict(model, images, top_k, plot, resize=resize)
+    out = result["predictions"]
+    if result["left_out"]:
+        click.echo(describe_left_out(result["left_out"]), err=True)
+    for s in result["skipped"]:
+        click.echo(f"skipped {s['reason']}", err=True)
     if as_json:
         click.echo(json.dumps(out, indent=2))
-        return
-    for r in out:
-        tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
-        click.echo(f"{r['image']}: {tops}")
-    if plot:
-        click.echo(f"Figure: {plot}")
+    else:
+        for r in out:
+            tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
+            click.echo(f"{r['image']}: {tops}")
+        if plot:
+            click.echo(f"Figure: {plot}")
+    if result["skipped"]:
+        click.echo(f"{len(result['skipped'])} of {len(result['skipped']) + len(out)} image file(s) could not be read "
+                   f"(named above); exit status {EXIT_SOME_SKIPPED}", err=True)
+        sys.exit(EXIT_SOME_SKIPPED)
 
 
 @click.command("models")

@@ -32,6 +32,9 @@ def train_options(f):
         click.option("--val-split", type=float, default=None, help="Fraction of training data held out for validation [0.1]."),
         click.option("--limit", type=click.IntRange(min=2), default=None, help="Train on at most N images (quick look)."),
         click.option("--image-size", type=click.IntRange(min=1), default=None, help="Side images are fed at [architecture's]."),
+        click.option("--resize", type=click.Choice(["squash", "crop"]), default=None,
+                     help="Non-square folder images: squash to the square, or scale the shorter side and crop the "
+                          "centre (torchvision style) [architecture's: crop for alexnet-torch/vgg16, else squash]."),
         click.option("--seed", type=int, default=None, help="Random seed (weights, data order, augmentation) [0]."),
         click.option("--precision", type=click.Choice(PRECISIONS), default=None,
                      help="Keras dtype policy; auto = bf16 on AVX512-BF16 CPUs and Ampere+ GPUs, fp16 on older GPUs."),
@@ -99,8 +102,13 @@ def train(arch, recipe, hparams, resume, **options):
             raise click.ClickException(str(exc)) from None
     s = result.summary
     final = s.get("final", {})
+    va, acc = final.get("val_accuracy"), final.get("accuracy")
+    if va is not None and va == va:
+        score = f"val_accuracy {va:.4f}"
+    else:  # --val-split 0: nothing was held out, say so instead of "val_accuracy nan"
+        score = (f"training accuracy {acc:.4f} " if acc is not None and acc == acc else "") + "(no validation: --val-split 0)"
     click.echo(
-        f"Done: {s['epochs']} epochs in {s['train_seconds']:.0f}s, val_accuracy {final.get('val_accuracy', float('nan')):.4f}, "
+        f"Done: {s['epochs']} epochs in {s['train_seconds']:.0f}s, {score}, "
         f"{s.get('mean_images_per_second')} images/s. Model: {result.model_path}"
         + "".join(f"\nWarning: {w}" for w in s.get("warnings") or [])
     )

@@ -29,6 +29,10 @@ class Architecture:
         image_size: the size images are fed at by default (folder images are
             resized to it on the host; the model may resize further inside).
         min_image_size: the smallest input side the builder accepts.
+        resize: how images of another shape are made square by default
+            (:class:`kerasalex.data.ResizeRule`): ``"crop"`` (shorter side,
+            centre crop) for ImageNet weights, which were trained and
+            evaluated that way; ``"squash"`` for a model trained from scratch.
         fit: optional custom training loop (see :meth:`fit_fn`).
     """
 
@@ -37,6 +41,7 @@ class Architecture:
     description: str
     image_size: int = 32
     min_image_size: int = 16
+    resize: str = "squash"
     fit: str | None = None
 
     def fit_fn(self) -> Callable[..., Any] | None:
@@ -79,6 +84,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "torchvision's ImageNet AlexNet (weights ported from PyTorch), fed at 224 px inside the model",
             image_size=32,
             min_image_size=8,
+            resize="crop",  # torchvision's Resize(256) + CenterCrop(224)
         ),
         Architecture(
             "vgg16",
@@ -86,6 +92,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "ImageNet VGG16 base (frozen by default) + the study's dense head, fed at 224 px inside the model",
             image_size=32,
             min_image_size=8,
+            resize="crop",  # VGG's ImageNet training: isotropic rescale + crop
             fit="kerasalex.transfer:fit_transfer",
         ),
     ]

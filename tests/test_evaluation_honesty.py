@@ -1,0 +1,218 @@
+"""Issue 14, kind 3: a sample is representative, its figures agree wherever
+they are printed, and held-out means never trained on; and predict treats a
+folder as train does. End to end through the CLI on tiny image folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from kerasalex.cli import cli
+
+TINY = ["--arch", "alexnet", "--image-size", "16", "--epochs", "1", "--batch-size", "8", "--precision", "float32"]
+
+
+def invoke(args, cwd, expect=0):
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+    if expect is not None:
+        assert result.exit_code == expect, f"exit {result.exit_code}:\n{result.output}"
+    return result
+
+
+def make_folder(root: Path, classes, n, seed=0):
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            a = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+            a[..., k % 3] += 180  # each class its own colour: learnable in one epoch
+            Image.fromarray(a).save(root / c / f"{c}{i}.png")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """Three tiny runs: a flat folder trained with --val-split 0 and with 0.2,
+    and a train/ + test/ folder whose test/ lacks class c."""
+    cwd = tmp_path_factory.mktemp("honesty")
+    os.environ["KERASALEX_CACHE_DIR"] = str(cwd / "cache")
+    make_folder(cwd / "flat", ["a", "b", "c"], 10)
+    make_folder(cwd / "split" / "train", ["a", "b", "c"], 8, seed=1)
+    make_folder(cwd / "split" / "test", ["a", "b"], 4, seed=2)
+    out = {}
+    out["zero"] = invoke(["train", *TINY, "--dataset", "flat", "--val-split", "0", "--run-dir", "runs/zero"], cwd).output
+    out["held"] = invoke(["train", *TINY, "--dataset", "flat", "--val-split", "0.2", "--run-dir", "runs/held"], cwd).output
+    out["split"] = invoke(["train", *TINY, "--dataset", "split", "--run-dir", "runs/split"], cwd).output
+    yield cwd, out
+    os.environ.pop("KERASALEX_CACHE_DIR", None)
+
+
+def test_val_split_0_final_line_has_no_nan(work):
+    _, out = work
+    done = [l for l in out["zero"].splitlines() if l.startswith("Done:")][0]
+    assert "nan" not in done and "no validation: --val-split 0" in done
+
+
+def test_a_published_copy_trained_on_everything_is_refused(work):
+    cwd, _ = work
+    r = invoke(["evaluate", "saved_models/zero.keras", "--dataset", "flat"], cwd, expect=1)
+    assert "trained on all of flat (--val-split 0): no held-out images" in r.output
+    assert "Held-out accuracy" not in r.output and not (cwd / "saved_models" / "zero-eval").exists()
+
+
+def test_a_published_copy_is_scored_on_its_own_held_out_slice(work):
+    cwd, _ = work
+    from kerasalex.files import read_model_metadata
+
+    rec = read_model_metadata(cwd / "saved_models" / "held.keras")["training_data"]
+    assert rec["val_split"] == 0.2 and rec["val_images"] == 6 and len(rec["held_out"]) == 6
+    r = invoke(["evaluate", "saved_models/held.keras", "--dataset", "flat"], cwd)
+    assert "held-out validation slice (val_split=0.2)" in r.output
+    copy = json.loads((cwd / "saved_models" / "held-eval" / "evaluation.json").read_text())
+    assert copy["split"] == "val" and copy["test_images"] == 6
+    # the same images as the run folder's own model (which has config.json beside it)
+    invoke(["evaluate", "runs/held/model.keras", "--dataset", "flat"], cwd)
+    own = json.loads((cwd / "runs" / "held" / "evaluation.json").read_text())
+    assert own["confusion_matrix"] == copy["confusion_matrix"]
+    # another fraction than the model's own is refused
+    r = invoke(["evaluate", "saved_models/held.keras", "--dataset", "flat", "--val-split", "0.1"], cwd, expect=1)
+    assert "held out val_split=0.2 of its data; --val-split 0.1 would score images it was trained on" in r.output
+    # the training folder is not a test set
+    r = invoke(["evaluate", "saved_models/held.keras", "--dataset", "flat", "--split", "test"], cwd, expect=1)
+    assert "is the data saved_models/held.keras was trained on" in r.output
+
+
+def test_a_changed_folder_still_yields_only_held_out_files(work):
+    cwd, _ = work
+    from kerasalex.files import read_model_metadata
+
+    shutil.copytree(cwd / "flat", cwd / "flat2")
+    make_folder(cwd / "flat2" / "new", ["a"], 0)
+    Image.new("RGB", (16, 16), (250, 0, 0)).save(cwd / "flat2" / "a" / "zz-added.png")
+    held = read_model_metadata(cwd / "saved_models" / "held.keras")["training_data"]["held_out"]
+    r = invoke(["evaluate", "saved_models/held.keras", "--dataset", "flat2", "--output-dir", "e2"], cwd, expect=None)
+    # flat2 has a class folder 'new' the model does not know: refused
+    assert r.exit_code == 1 and "unknown to the model" in r.output
+    shutil.rmtree(cwd / "flat2" / "new")
+    r = invoke(["evaluate", "saved_models/held.keras", "--dataset", "flat2", "--output-dir", "e2"], cwd)
+    report = json.loads((cwd / "e2" / "evaluation.json").read_text())
+    assert report["test_images"] == len(held) == 6  # the added file was not scored: it is not held out
+
+
+def test_train_does_not_read_test_and_evaluate_scores_a_subset_of_classes(work):
+    cwd, out = work
+    assert "Done:" in out["split"]
+    r = invoke(["evaluate", "runs/split/model.keras", "--dataset", "split"], cwd)
+    report = json.loads((cwd / "runs" / "split" / "evaluation.json").read_text())
+    assert report["test_images"] == 8
+    assert report["per_class"]["c"]["support"] == 0 and report["absent_classes"] == ["c"]
+    assert "not in this sample" in r.output
+    # macro F1 over the classes present, printed and saved the same
+    present = np.mean([report["per_class"][c]["f1-score"] for c in ("a", "b")])
+    assert report["macro_f1"] == pytest.approx(present)
+    assert f"macro F1: {report['macro_f1']:.4f}" in r.output
+    # a class the model does not know stays an error
+    make_folder(cwd / "split" / "test", ["zebra"], 1)
+    r = invoke(["evaluate", "runs/split/model.keras", "--dataset", "split"], cwd, expect=1)
+    assert "['zebra'] unknown to the model" in r.output
+    shutil.rmtree(cwd / "split" / "test" / "zebra")
+
+
+def test_limit_is_a_stratified_sample_with_one_set_of_figures(work):
+    cwd, _ = work
+    make_folder(cwd / "three" / "train", ["a", "b", "c"], 2, seed=3)
+    make_folder(cwd / "three" / "test", ["a", "b", "c"], 10, seed=4)
+    r = invoke(["evaluate", "runs/split/model.keras", "--dataset", "three", "--limit", "10", "--output-dir", "lim"], cwd)
+    report = json.loads((cwd / "lim" / "evaluation.json").read_text())
+    supports = [report["per_class"][c]["support"] for c in ("a", "b", "c")]
+    assert sum(supports) == 10 and min(supports) >= 3  # not 10 / 0 / 0
+    assert report["sample"] == {"limit": 10, "of": 30, "seed": 1234, "stratified": True}
+    printed = float(re.search(r"macro avg\s+\S+\s+\S+\s+(\S+)", r.output).group(1))
+    assert printed == pytest.approx(report["macro_f1"], abs=5e-5)
+    assert f"macro F1: {report['macro_f1']:.4f}" in r.output
+    text = (cwd / "lim" / "classification_report.txt").read_text()
+    assert text in r.output
+    # seeded: the same sample again
+    invoke(["evaluate", "runs/split/model.keras", "--dataset", "three", "--limit", "10", "--output-dir", "lim2"], cwd)
+    again = json.loads((cwd / "lim2" / "evaluation.json").read_text())
+    assert again["confusion_matrix"] == report["confusion_matrix"]
+
+
+def test_the_model_records_how_it_decodes(work):
+    cwd, _ = work
+    from kerasalex.files import read_model_metadata
+
+    meta = read_model_metadata(cwd / "saved_models" / "split.keras")
+    assert meta["preprocessing"]["resize"] == "squash" and meta["preprocessing"]["interpolation"] == "bilinear"
+    cfg = json.loads((cwd / "runs" / "split" / "config.json").read_text())
+    assert cfg["resolved"]["preprocessing"] == meta["preprocessing"]
+    assert cfg["resolved"]["left_out_files"] == []
+
+
+def test_predict_a_folder_with_a_corrupt_file_predicts_the_others(work):
+    cwd, _ = work
+    imgs = cwd / "to_predict"
+    make_folder(imgs, ["x"], 2)
+    (imgs / "x" / "bad.jpg").write_bytes(b"")
+    (imgs / "x" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8)).save(imgs / "x" / ".ipynb_checkpoints" / "x0-checkpoint.png")
+    r = invoke(["predict", "saved_models/split.keras", imgs], cwd, expect=3)
+    lines = [l for l in r.stdout.splitlines() if l.startswith(str(imgs))]
+    assert len(lines) == 2 and all("x0.png" in l or "x1.png" in l for l in lines)
+    assert "bad.jpg: not a readable image" in r.stderr and "exit status 3" in r.stderr
+    assert ".ipynb_checkpoints" in r.stderr and "checkpoint.png:" not in r.stdout
+    # nothing readable: exit 1, naming the file
+    (cwd / "only_bad").mkdir()
+    (cwd / "only_bad" / "b.png").write_text("text")
+    r = invoke(["predict", "saved_models/split.keras", cwd / "only_bad"], cwd, expect=1)
+    assert "b.png" in r.output
+    # an empty folder: named, with what was expected
+    (cwd / "empty").mkdir()
+    r = invoke(["predict", "saved_models/split.keras", cwd / "empty"], cwd, expect=1)
+    assert f"no image files in {cwd / 'empty'}" in r.output and ".jpg" in r.output
+
+
+def test_predict_sees_an_exif_rotated_photo_as_its_upright_twin(work, tmp_path):
+    cwd, _ = work
+    from kerasalex.data import decode_image
+
+    a = np.zeros((16, 32, 3), np.uint8)
+    a[:, :16] = (255, 0, 0)
+    a[:, 16:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    Image.fromarray(decode_image(tmp_path / "phone.jpg")).save(tmp_path / "upright.png")
+    r = invoke(["predict", "saved_models/split.keras", tmp_path / "phone.jpg", tmp_path / "upright.png", "--json"], cwd)
+    out = json.loads(r.stdout)
+    assert out[0]["top"] == out[1]["top"]
+
+
+def test_a_model_without_a_training_record_is_refused_unless_told(work):
+    """A .keras without kerasalex.json (plain Keras, an older kerasalex) and no
+    run folder beside it: which images it saw is unknown."""
+    import zipfile
+
+    cwd, _ = work
+    src, dst = cwd / "saved_models" / "held.keras", cwd / "bare" / "held.keras"
+    dst.parent.mkdir()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            if item.filename != "kerasalex.json":
+                zout.writestr(item, zin.read(item.filename))
+    r = invoke(["evaluate", dst, "--dataset", "flat"], cwd, expect=1)
+    assert "carries no record of its training data" in r.output
+    r = invoke(["evaluate", dst, "--dataset", "flat", "--val-split", "0.2"], cwd)  # the user vouches for it
+    assert "Held-out accuracy" in r.output and "(6 images)" in r.output
