@@ -148,35 +148,49 @@ PLATEAU_ADVICE = (
 
 
 class ChancePlateau(keras.callbacks.Callback):
-    """Says, after the first epoch, when the training loss has not left the
-    chance plateau: within 2% of ln(num_classes), the loss of a network that
-    predicts every class with equal probability (a ReLU stack without
-    normalization that stalls there did not learn at all). The message is
+    """Says, after the first epoch, when the run has not left the chance
+    plateau: the training loss within 2% of ln(num_classes) (the loss of a
+    uniform prediction) *and* the accuracy indistinguishable from guessing
+    (:func:`at_chance_accuracy`; validation accuracy when there is a
+    validation split, else training accuracy). Both, because the first
+    epoch's loss is a running mean: a run that starts on the plateau and
+    leaves it late in epoch 1 still averages ~ln(classes). The message is
     printed once and kept in :attr:`warnings` for the run's summary.
 
     Args:
         num_classes: the number of classes (the plateau is ln of it).
+        labels: int labels (N,) of the split whose accuracy is judged.
+        monitor: ``"val_accuracy"`` or ``"accuracy"``: which logged accuracy.
         tolerance: the fraction of ln(num_classes) that still counts as the plateau.
     """
 
-    def __init__(self, num_classes: int, tolerance: float = 0.02):
+    def __init__(self, num_classes: int, labels=None, monitor: str = "val_accuracy", tolerance: float = 0.02):
         super().__init__()
         self.num_classes = int(num_classes)
+        self.labels = None if labels is None else np.asarray(labels)
+        self.monitor = monitor
         self.tolerance = float(tolerance)
         self.warnings: list[str] = []
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
+        logs = logs or {}
+        loss = logs.get("loss")
         if epoch != 0 or loss is None:
             return
         plateau = chance_loss(self.num_classes)
-        if float(loss) >= (1.0 - self.tolerance) * plateau:
-            msg = (
-                f"training loss {float(loss):.3f} after epoch 1 is still at the chance plateau "
-                f"ln({self.num_classes}) = {plateau:.3f}: {PLATEAU_ADVICE}"
-            )
-            self.warnings.append(msg)
-            print(f"[kerasalex] warning: {msg}", flush=True)
+        if float(loss) < (1.0 - self.tolerance) * plateau:
+            return
+        acc = logs.get(self.monitor)
+        if acc is not None and self.labels is not None and not at_chance_accuracy(float(acc), self.labels, self.num_classes):
+            return
+        msg = (
+            f"training loss {float(loss):.3f} after epoch 1 is still at the chance plateau "
+            f"ln({self.num_classes}) = {plateau:.3f}"
+            + (f" ({self.monitor.replace('_', ' ')} {float(acc):.1%})" if acc is not None else "")
+            + f": {PLATEAU_ADVICE}"
+        )
+        self.warnings.append(msg)
+        print(f"[kerasalex] warning: {msg}", flush=True)
 
 
 def write_history(run_dir: Path, rows: list[dict]) -> None:

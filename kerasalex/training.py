@@ -586,7 +586,8 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         stop = C.GracefulStop()
     from kerasalex.data import display_name
 
-    plateau = C.ChancePlateau(data.num_classes)
+    judged = data.val if data.val is not None else data.train
+    plateau = C.ChancePlateau(data.num_classes, judged.y, "val_accuracy" if data.val is not None else "accuracy")
     cbs = [
         C.StopOnDivergence(),
         plateau,

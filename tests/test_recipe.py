@@ -93,17 +93,22 @@ def test_flip_tta_is_the_mean_of_the_image_and_its_mirror():
 # --------------------------------------------------------------------------
 
 
-def test_plateau_callback_fires_at_chance_loss_and_not_below():
+def test_plateau_callback_fires_at_chance_loss_and_accuracy_only():
     from kerasalex.callbacks import ChancePlateau
 
-    stuck = ChancePlateau(10)
-    stuck.on_epoch_end(0, {"loss": math.log(10) + 0.001})
+    labels = np.repeat(np.arange(10), 20)
+    stuck = ChancePlateau(10, labels)
+    stuck.on_epoch_end(0, {"loss": math.log(10) + 0.001, "val_accuracy": 0.1})
     assert len(stuck.warnings) == 1 and "ln(10)" in stuck.warnings[0]
-    learning = ChancePlateau(10)
-    learning.on_epoch_end(0, {"loss": 1.9})
-    later = ChancePlateau(10)
-    later.on_epoch_end(3, {"loss": 2.31})  # only the first epoch is judged
-    assert learning.warnings == [] and later.warnings == []
+    learning = ChancePlateau(10, labels)
+    learning.on_epoch_end(0, {"loss": 1.9, "val_accuracy": 0.1})
+    # Left the plateau late in epoch 1: the mean loss is still ~ln(10), but
+    # the validation accuracy is well above chance.
+    late = ChancePlateau(10, labels)
+    late.on_epoch_end(0, {"loss": 2.307, "val_accuracy": 0.3})
+    later = ChancePlateau(10, labels)
+    later.on_epoch_end(3, {"loss": 2.31, "val_accuracy": 0.1})  # only the first epoch is judged
+    assert learning.warnings == [] and late.warnings == [] and later.warnings == []
 
 
 def test_at_chance_accuracy_uses_the_majority_rate_and_its_noise():
