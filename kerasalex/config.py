@@ -160,6 +160,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # 0.5 in the classifier, label smoothing 0.1, weight decay 5e-4, batch 128.
     "default": {
         "*": dict(),
+        # The scratch AlexNet: at least 1,000 optimizer steps per run (see
+        # auto_batch_size; the batch shrinks only on small datasets or short
+        # budgets, never below 16).
+        "alexnet": dict(min_steps=1000),
         # torchvision AlexNet fine-tuned from ImageNet weights. lr 0.01 (half
         # the scratch 0.02: the pretrained features should move, not be
         # relearned) with a 1-epoch warm-up, so the random new head's early

@@ -534,6 +534,7 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
     from kerasalex.config import auto_batch_size
 
     batch = auto_batch_size(config.batch_size, n_train, config.epochs, config.min_steps)
+    recipe_batch = config.batch_size
     if batch != config.batch_size:
         _say(f"batch size {batch} (not {config.batch_size}): {n_train} images x {config.epochs} epochs would be "
              f"{config.epochs * -(-n_train // config.batch_size)} steps, fewer than the recipe's {config.min_steps}; "
@@ -563,6 +564,9 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         run_dir, config,
         {
             "resolved": {"precision": precision, "steps_per_epoch": steps, "train_images": n_train,
+                         "batch_size": config.batch_size, "batch_size_before_min_steps": recipe_batch,
+                         "warmup_steps": (warmup_steps(config.warmup_epochs, steps, steps * config.epochs)
+                                          if config.schedule == "cosine" else 0),
                          "val_images": len(data.val) if data.val is not None else 0,
                          "class_names": data.class_names, "image_shape": list(data.image_shape),
                          "skipped_files": data.skipped, "left_out_files": data.left_out,

@@ -61,6 +61,22 @@ def test_warmup_is_counted_in_steps_and_capped_by_the_run_length():
     assert warmup_steps(5.0, 1, 1) == 0
 
 
+def test_small_datasets_get_a_smaller_batch_unless_the_user_chose_one():
+    from kerasalex.config import MIN_AUTO_BATCH, auto_batch_size, resolve_config
+
+    # CIFAR-10, 45,000 images: the recipe's 128 already gives thousands of steps.
+    assert auto_batch_size(128, 45000, 30, 1000) == 128
+    # digits, 1,293 images x 5 epochs: 128 -> 55 steps; halved down to the floor.
+    assert auto_batch_size(128, 1293, 5, 1000) == MIN_AUTO_BATCH
+    assert auto_batch_size(128, 1293, 5, 200) == 32  # 205 steps
+    assert auto_batch_size(128, 1293, 5, 0) == 128
+    default = resolve_config("alexnet", "default")
+    assert default.min_steps > 0
+    assert resolve_config("alexnet", "default", batch_size=128).min_steps == 0
+    assert resolve_config("alexnet", "default", hparams={"batch_size": 64}).min_steps == 0
+    assert resolve_config("alexnet", "study").min_steps == 0
+
+
 # --------------------------------------------------------------------------
 # Test-time augmentation
 # --------------------------------------------------------------------------
@@ -147,6 +163,8 @@ def test_digits_default_recipe_five_epochs_reaches_95_percent_and_warns_nothing(
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["warnings"] == []
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert resolved["batch_size_before_min_steps"] == 128 and resolved["batch_size"] < 128
     e = run_kerasalex(["evaluate", "digits.keras", "--dataset", "digits", "--output-dir", "eval"], cwd=tmp_path)
     assert e.returncode == 0, e.stderr[-2000:]
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
