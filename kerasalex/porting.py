@@ -69,9 +69,10 @@ def import_torch():
     return torch
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    from kerasalex.files import error_line
+
+    return error_line(exc, limit)
 
 
 def _short_list(names, limit: int = 6) -> str:

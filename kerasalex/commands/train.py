@@ -10,6 +10,12 @@ from kerasalex.commands import user_errors
 from kerasalex.config import DISTRIBUTE_MODES, JIT_MODES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
 
+def _check_limit(ctx, param, value):
+    if value == 1:
+        raise click.BadParameter("0 (no limit) or at least 2 (a training and a validation image). Received: 1")
+    return value
+
+
 def train_options(f):
     """The options shared by ``train`` (and reused by ``tune``/``study`` where they fit)."""
     opts = [
@@ -17,7 +23,9 @@ def train_options(f):
                      help="cifar10, cifar100, digits (bundled, offline), or a folder with one subfolder per class."),
         click.option("--data-dir", type=click.Path(), default=None,
                      help="Local cifar-*-python.tar.gz or its extracted folder (offline CIFAR)."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [recipe]."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help="Epochs in all [recipe]; vgg16: head + fine-tuning epochs, split 10:8 as the recipe's "
+                          "unless --fine-tune-epochs says how many fine-tune."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch size [recipe]."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [recipe]."),
         click.option("--lr", type=float, default=None, help="Peak learning rate [recipe]."),
@@ -28,7 +36,8 @@ def train_options(f):
         click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Learning-rate schedule [recipe]."),
         click.option("--augment/--no-augment", default=None, help="Random flip + translation in the model [recipe]."),
         click.option("--val-split", type=float, default=None, help="Fraction of training data held out for validation [0.1]."),
-        click.option("--limit", type=click.IntRange(min=2), default=None, help="Train on at most N images (quick look)."),
+        click.option("--limit", type=click.IntRange(min=0), default=None, callback=_check_limit,
+                     help="Train on at most N images (quick look); 0 = all (unsets a --hparams file's limit) [all]."),
         click.option("--image-size", type=click.IntRange(min=1), default=None, help="Side images are fed at [architecture's]."),
         click.option("--seed", type=int, default=None, help="Random seed (weights, data order, augmentation) [0]."),
         click.option("--precision", type=click.Choice(PRECISIONS), default=None,
@@ -49,7 +58,7 @@ def train_options(f):
 @click.option("--weights", type=click.Path(), default=None, help="alexnet-torch: ported ImageNet weights (.weights.h5/.keras).")
 @click.option("--base-weights", default=None, help="vgg16: imagenet (download/cache), none, or a local notop .h5.")
 @click.option("--freeze-base/--no-freeze-base", default=None, help="Freeze the pretrained base.")
-@click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=None, help="vgg16: epochs of fine-tuning after the head.")
+@click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=None, help="vgg16: how many of the epochs fine-tune after the head [recipe's share].")
 @click.option("--unfreeze-from", default=None, help="vgg16: first layer to unfreeze for fine-tuning [block5_conv1].")
 @click.option("--fine-tune-lr", type=float, default=None, help="vgg16: fine-tuning learning rate [1e-5].")
 @click.option("--deterministic/--no-deterministic", default=None,
@@ -58,6 +67,8 @@ def train_options(f):
 @click.option("--hparams", type=click.Path(), default=None, help="JSON of option values (e.g. tune's best_hparams.json).")
 @click.option("--run-dir", type=click.Path(), default=None, help="Run folder [runs/<arch>-<dataset>-<time>].")
 @click.option("--output", "-o", type=click.Path(), default=None, help="Final .keras path [saved_models/<run>.keras].")
+@click.option("--save-best", is_flag=True, default=None,
+              help="Also keep the best validation epoch's model as <run>/best.keras (as large as the final model).")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir (or the newest unfinished run) from its last finished epoch.")
 def train(arch, recipe, hparams, resume, **options):
     """Train a model and save a reusable .keras file.
@@ -82,6 +93,8 @@ def train(arch, recipe, hparams, resume, **options):
             explicit = lambda name: ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT  # noqa: E731
             file_arch = hp.pop("arch", arch)
             arch = arch if explicit("arch") else file_arch
+            file_recipe = hp.pop("recipe", recipe)  # the recipe's values, not only its name
+            recipe = recipe if explicit("recipe") else file_recipe
             if not explicit("dataset"):
                 options["dataset"] = None
         from kerasalex.models import get_architecture
