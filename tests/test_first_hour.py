@@ -99,6 +99,20 @@ def test_limit_zero_unsets_a_files_limit_and_one_is_refused(tmp_path):
     assert "0 = all" in " ".join(invoke(["train", "--help"], tmp_path).output.split())
 
 
+def test_resume_names_the_options_it_ignores(tmp_path):
+    r = invoke(["train", "--resume", "--run-dir", "gone", "--epochs", "50", "--lr", "0.1", "-o", "x.keras"], tmp_path,
+               expect=1)
+    assert "--resume continues the run with its own saved options; ignored: --epochs, --lr" in r.output
+    assert "--output" not in r.output.splitlines()[0]
+
+
+def test_done_line_without_a_validation_split_says_so(tmp_path):
+    r = invoke(["train", "--arch", "alexnet", *FAST[:-4], "--limit", "64", "--batch-size", "32", "--precision",
+                "float32", "--epochs", "1", "--val-split", "0", "--run-dir", "run", "-o", "m.keras"], tmp_path)
+    done = next(line for line in r.output.splitlines() if line.startswith("Done:"))
+    assert "no validation split (--val-split 0)" in done and "nan" not in done
+
+
 def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
     """A typo in --dataset and an offline CIFAR download: one clear line, no
     empty runs/<arch>-<dataset>-<time>/ behind."""

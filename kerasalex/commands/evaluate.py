@@ -23,7 +23,7 @@ from kerasalex.commands import user_errors
               help="auto = the test split; for an image folder without test/, the held-out validation slice "
                    "that training carved (never the training images).")
 @click.option("--val-split", type=float, default=None,
-              help="The run's --val-split, for --split val [read from the run folder, else 0.1].")
+              help="The run's --val-split, for --split val [the model's own, from the model file or its run folder, else 0.1].")
 def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val_split):
     """Test loss/accuracy, classification report, confusion matrix of MODEL.
 

@@ -41,7 +41,8 @@ def train_options(f):
         click.option("--image-size", type=click.IntRange(min=1), default=None, help="Side images are fed at [architecture's]."),
         click.option("--seed", type=int, default=None, help="Random seed (weights, data order, augmentation) [0]."),
         click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-                     help="Keras dtype policy; auto = bf16 on AVX512-BF16 CPUs and Ampere+ GPUs, fp16 on older GPUs."),
+                     help="Keras dtype policy; auto = bf16 on AVX512-BF16/AMX CPUs and Ampere+ GPUs, fp16 on "
+                          "Volta/Turing GPUs, else float32 (the run's first lines say which and why)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -85,12 +86,17 @@ def train(arch, recipe, hparams, resume, **options):
     from kerasalex.config import load_hparams, resolve_config
     from kerasalex.training import train as run_train
 
+    ctx = click.get_current_context()
+    explicit = lambda name: ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT  # noqa: E731
+    if resume:
+        ignored = [n for n in ("arch", "recipe", "hparams", *options) if n not in ("run_dir", "output") and explicit(n)]
+        if ignored:
+            click.echo("warning: --resume continues the run with its own saved options; ignored: "
+                       + ", ".join("--" + n.replace("_", "-") for n in ignored), err=True)
     with user_errors():
         hp = load_hparams(hparams) if hparams else None
         if hp:
             # An option given on the command line beats the file; a default does not.
-            ctx = click.get_current_context()
-            explicit = lambda name: ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT  # noqa: E731
             file_arch = hp.pop("arch", arch)
             arch = arch if explicit("arch") else file_arch
             file_recipe = hp.pop("recipe", recipe)  # the recipe's values, not only its name
@@ -110,7 +116,10 @@ def train(arch, recipe, hparams, resume, **options):
             raise click.ClickException(str(exc)) from None
     s = result.summary
     final = s.get("final", {})
+    val = final.get("val_accuracy")
+    # Without a validation split there is no val_accuracy: say so, not "nan".
+    scored = f"val_accuracy {val:.4f}" if val is not None else "no validation split (--val-split 0)"
     click.echo(
-        f"Done: {s['epochs']} epochs in {s['train_seconds']:.0f}s, val_accuracy {final.get('val_accuracy', float('nan')):.4f}, "
+        f"Done: {s['epochs']} epochs in {s['train_seconds']:.0f}s, {scored}, "
         f"{s.get('mean_images_per_second')} images/s. Model: {result.model_path}"
     )
