@@ -91,6 +91,31 @@ SGD_ONLY = ("momentum", "nesterov")
 # --------------------------------------------------------------------------
 
 
+class _DropRetracingWarnings:
+    """A logging filter that drops TensorFlow's "triggered tf.function
+    retracing" warning: every trial builds a new model, so Keras's train and
+    test functions are traced again per trial by design, and TensorFlow counts
+    that as retracing one function (the warning's advice does not apply)."""
+
+    def filter(self, record) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_trial_retracing():
+    """Drops TensorFlow's retracing warning (see :class:`_DropRetracingWarnings`)
+    from the ``tensorflow`` logger while the block runs; every other message passes."""
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    drop = _DropRetracingWarnings()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -1089,7 +1114,8 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
         done = sum(1 for t in tuner.oracle.trials.values() if t.status in ("COMPLETED", "FAILED"))
         if done:
             _say(f"continuing the search in {project}: {done} trial(s) finished, {len(tuner.oracle._retry_queue)} to rerun")
-    tuner.search(verbose=1 if verbose else 0)
+    with quiet_trial_retracing():
+        tuner.search(verbose=1 if verbose else 0)
     free_memory()
 
     if who == "worker":

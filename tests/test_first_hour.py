@@ -348,3 +348,22 @@ def test_accuracy_axis_spans_zero_to_one(tmp_path, monkeypatch):
     reports.plot_learning_curves(rows, tmp_path / "c.png")
     low, high = seen["ylim"]
     assert low <= 0.0 and high >= 1.0 and high - low < 1.1
+
+
+def test_tune_drops_only_the_per_trial_retracing_warning(caplog):
+    import logging
+
+    import tensorflow as tf
+
+    from kerasalex.tuning import quiet_trial_retracing
+
+    logger = tf.get_logger()
+    text = ("5 out of the last 13 calls to <function TensorFlowTrainer._make_function.<locals>.multi_step_on_iterator> "
+            "triggered tf.function retracing. Tracing is expensive")
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        with quiet_trial_retracing():
+            logger.warning(text)
+            logger.warning("a real problem")
+        logger.warning(text)  # outside a search it is TensorFlow's business again
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["a real problem", text]
