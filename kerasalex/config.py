@@ -88,6 +88,9 @@ class TrainConfig:
     run_dir: str | None = None
     output: str | None = None
     save_dir: str = "saved_models"
+    # Also keep the best epoch's model as run_dir/best.keras (as large as the
+    # final model: 237 MB for the scratch AlexNet), not only the final one.
+    save_best: bool = False
 
     def __post_init__(self):
         def bad(field, expected):
@@ -127,6 +130,8 @@ class TrainConfig:
             bad("fine_tune_epochs", "0 or more")
         if not isinstance(self.deterministic, bool):
             bad("deterministic", "True or False")
+        if not isinstance(self.save_best, bool):
+            bad("save_best", "True or False")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,7 +237,20 @@ def resolve_config(
 ) -> TrainConfig:
     """Builds the run configuration: dataclass defaults < recipe < hparams < options.
 
-    ``None`` options are "not given" and do not override anything.
+    ``None`` options are "not given" and do not override anything; ``limit=0``
+    means "no limit" (it unsets a limit from the recipe or ``hparams``).
+
+    ``epochs`` given as an option is the run's total. For a two-stage
+    architecture (vgg16: head, then fine-tuning) it is split between the
+    stages: ``fine_tune_epochs`` given as an option too is the fine-tuning
+    share and the rest are head epochs; else the recipe's proportion decides
+    (see :func:`split_epochs`), so ``--epochs 1`` trains one epoch, not 1 +
+    the recipe's 8 fine-tuning epochs. The resolved ``TrainConfig.epochs`` is
+    the head stage's (the run's total is ``epochs + fine_tune_epochs``).
+
+    Raises:
+        ValueError: an unknown name, a value ``TrainConfig`` refuses, or
+            ``epochs`` not above an explicit ``fine_tune_epochs``.
     """
     values: dict[str, Any] = {"arch": arch, "recipe": recipe}
     values.update(recipe_values(recipe, arch))
@@ -243,13 +261,48 @@ def resolve_config(
             raise ValueError(f"unknown hyperparameters {unknown}; expected names among the train options")
         values.update(hparams)
     given = {k: v for k, v in options.items() if v is not None}
+    if given.get("epochs") is not None:
+        total = int(given["epochs"])
+        if given.get("fine_tune_epochs") is not None:
+            fine = int(given["fine_tune_epochs"])
+            if fine and total <= fine:
+                raise ValueError(
+                    f"--epochs is the run's total (head + fine-tuning epochs), so it must exceed --fine-tune-epochs. "
+                    f"Received: epochs={total}, fine_tune_epochs={fine}"
+                )
+            given["epochs"] = total - fine
+        elif values.get("fine_tune_epochs"):
+            head, fine = split_epochs(total, int(values.get("epochs", TrainConfig.epochs)), int(values["fine_tune_epochs"]))
+            given.update(epochs=head, fine_tune_epochs=fine)
     values.update(given)
     if "batch_size" in given or "batch_size" in (hparams or {}):
         values["min_steps"] = 0  # a batch size the user chose is kept
+    if values.get("limit") == 0:
+        values["limit"] = None
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown options {unknown}")
     return TrainConfig(**values)
+
+
+def split_epochs(total: int, head: int, fine_tune: int) -> tuple[int, int]:
+    """Splits a run's ``total`` epochs between a transfer model's head stage
+    and its fine-tuning stage in the proportion ``head : fine_tune`` (the
+    recipe's 10 : 8 for vgg16), rounding the fine-tuning share down and
+    keeping at least one head epoch.
+
+    Returns:
+        ``(head_epochs, fine_tune_epochs)``, summing to ``total``.
+
+    Example:
+        >>> split_epochs(1, 10, 8), split_epochs(9, 10, 8), split_epochs(18, 10, 8)
+        ((1, 0), (5, 4), (10, 8))
+    """
+    total = int(total)
+    if total < 1:
+        raise ValueError(f"epochs must be at least 1. Received: epochs={total}")
+    fine = min(total - 1, (total * int(fine_tune)) // max(1, int(head) + int(fine_tune)))
+    return total - fine, fine
 
 
 def load_hparams(path: str | Path) -> dict[str, Any]:

@@ -206,10 +206,12 @@ def _load_keras_cifar(variant: str) -> ImageData:
             (xtr, ytr), (xte, yte) = keras.datasets.cifar100.load_data(label_mode="fine")
             names = CIFAR100_CLASSES
     except Exception as exc:
+        from kerasalex.files import error_line
+
         archive = "cifar-10-python.tar.gz" if variant == "cifar10" else "cifar-100-python.tar.gz"
         raise ValueError(
-            f"could not download {variant} ({type(exc).__name__}); offline, pass --data-dir PATH to a local "
-            f"{archive} or its extracted folder"
+            f"could not download {variant} ({type(exc).__name__}: {error_line(exc)}); offline, pass --data-dir PATH "
+            f"to a local {archive} or its extracted folder"
         ) from None
     return ImageData(
         variant, list(names),

@@ -58,12 +58,52 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def model_origin(model_path: str | os.PathLike) -> dict:
+    """What a model file tells about the run that trained it: from the
+    ``kerasalex.json`` inside it (see :func:`kerasalex.training.model_metadata`),
+    else from the ``config.json`` of the run folder it sits in.
+
+    Returns:
+        A dict with the keys it knows among ``dataset``, ``data_dir``,
+        ``val_split``, ``label_smoothing`` and ``run_dir`` (an existing run
+        folder); {} for a file that tells nothing or cannot be read (loading
+        it says why).
+    """
+    model_path = Path(model_path)
+    try:
+        meta = files.read_model_metadata(model_path) if model_path.is_file() else {}
+    except files.ModelFileError:
+        meta = {}
+    config = dict(meta.get("config") or {})
+    run_dir = meta.get("run_dir")
+    beside = model_path.parent / "config.json"
+    if beside.is_file():
+        run_dir = str(model_path.parent)
+        if not config:
+            try:
+                config = dict(json.loads(beside.read_text()).get("config") or {})
+            except (ValueError, AttributeError, TypeError):
+                config = {}
+    out = {k: config[k] for k in ("data_dir", "val_split", "label_smoothing") if config.get(k) is not None}
+    dataset = meta.get("dataset") or config.get("dataset")
+    if dataset:
+        out["dataset"] = str(dataset)
+    if run_dir and (Path(run_dir) / "config.json").is_file():
+        out["run_dir"] = str(run_dir)
+    return out
+
+
 def default_output_dir(model_path: Path) -> Path:
-    """A run folder's model evaluates into the run folder; any other model into
-    ``<model stem>-eval/`` beside it."""
+    """A run's model evaluates into its run folder: the folder it sits in, or
+    for a published copy (``saved_models/<run>.keras``) the run folder its
+    ``kerasalex.json`` names, where ``kerasalex compare runs/`` finds the
+    report. Any other model into ``<model stem>-eval/`` beside it."""
     model_path = Path(model_path)
     if (model_path.parent / "config.json").exists():
         return model_path.parent
+    run_dir = model_origin(model_path).get("run_dir")
+    if run_dir:
+        return Path(run_dir)
     stem = model_path.name[: -len(".keras")] if model_path.name.endswith(".keras") else model_path.stem
     return model_path.parent / f"{stem}-eval"
 

@@ -22,6 +22,49 @@ TEMP_MARKER = ".tmp-"
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
+def error_line(exc: BaseException | str, limit: int = 240) -> str:
+    """An error's message as one line for a user: its first non-empty line,
+    never cut inside a word. A line longer than ``limit`` keeps its start and
+    its end (where "[Errno -2] Name or service not known" and other causes
+    are), joined by " ... ".
+
+    Args:
+        exc: the exception (its type name stands in for an empty message) or a text.
+        limit: the most characters to return (at least 20).
+
+    Example:
+        >>> error_line(Exception("URL fetch failure on https://storage.googleapis.com/tensorflow/"
+        ...     "keras-applications/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5: None -- "
+        ...     "[Errno -2] Name or service not known"), 80)
+        'URL fetch failure on ... None -- [Errno -2] Name or service not known'
+    """
+    text = str(exc).strip()
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    if not line:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    limit = max(20, int(limit))
+    if len(line) <= limit:
+        return line
+    words = line.split(" ")
+    budget = limit - len(" ... ")
+    tail: list[str] = []
+    used = 0
+    for w in reversed(words):  # the end holds the cause: give it two thirds
+        if used + len(w) + 1 > budget * 2 // 3:
+            break
+        tail.insert(0, w)
+        used += len(w) + 1
+    head: list[str] = []
+    for w in words[: len(words) - len(tail)]:
+        if used + len(w) + 1 > budget:
+            break
+        head.append(w)
+        used += len(w) + 1
+    if not tail:  # one enormous word: cut it, marked
+        return line[: limit - 3] + "..."
+    return " ".join(head) + " ... " + " ".join(tail) if head else "... " + " ".join(tail)
+
+
 class DiskFullError(OSError):
     """Raised when a write fails because the disk (or a file size limit) is full."""
 
@@ -671,5 +714,5 @@ def load_model(path: str | os.PathLike, compile: bool = False):
         raise
     except Exception as exc:  # Keras raises many types for broken files
         raise ModelFileError(
-            f"corrupt or incomplete model file: {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"corrupt or incomplete model file: {path} ({type(exc).__name__}: {error_line(exc)})"
         ) from exc

@@ -55,9 +55,21 @@ CHECK_BATCH = 2
 # The port is refused when max|keras - torch| exceeds this fraction of max|torch logit|.
 CHECK_RTOL = 1e-3
 DEFAULT_OUTPUT = "saved_models/alexnet_imagenet.weights.h5"
+# The 1000 ImageNet-1k class names in the order of torchvision's logits, one a
+# line (torchvision's weights metadata, ``_IMAGENET_CATEGORIES``, BSD-3-Clause).
+IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 # torch.save(..., _use_new_zipfile_serialization=False): pickle protocol 2, then the magic number 0x1950a86a20f9469cfc6c.
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names, index = torchvision's logit index
+    (``"tench"``, ``"goldfish"``, ...), from the package's ``imagenet_classes.txt``."""
+    names = IMAGENET_CLASSES_FILE.read_text(encoding="utf-8").splitlines()
+    if len(names) != 1000:
+        raise ValueError(f"{IMAGENET_CLASSES_FILE} must list 1000 class names; it lists {len(names)}")
+    return names
 
 
 def import_torch():
@@ -69,9 +81,10 @@ def import_torch():
     return torch
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    from kerasalex.files import error_line
+
+    return error_line(exc, limit)
 
 
 def _short_list(names, limit: int = 6) -> str:
@@ -342,7 +355,9 @@ def port_torchvision_alexnet(pth_path: str | Path, output_path: str | Path = DEF
         output_path: ``*.weights.h5`` (weights of
             :func:`~kerasalex.models.torch_alexnet.build_torch_alexnet_core` /
             ``build_torch_alexnet``, same layers) or ``*.keras`` (the full
-            uint8-input ImageNet classifier: resize 256, crop 224, normalize).
+            uint8-input ImageNet classifier: resize 256, crop 224, normalize;
+            a 1000-class checkpoint gets the ImageNet class names, see
+            :func:`imagenet_class_names`).
         check: compare the Keras logits with torch's on a random 224x224 batch
             before writing; a relative difference over ``CHECK_RTOL`` is refused.
 
@@ -384,7 +399,10 @@ def port_torchvision_alexnet(pth_path: str | Path, output_path: str | Path = DEF
                 f"is {figures['rel_diff']:.3g} of max |logit| (limit {CHECK_RTOL}); nothing written"
             )
     if output.suffix == ".keras":
-        model = build_torch_alexnet(num_classes)
+        # A 1000-class checkpoint is torchvision's ImageNet head: the model
+        # carries the class names, so `predict` says "goldfish", not "1".
+        names = imagenet_class_names() if num_classes == 1000 else None
+        model = build_torch_alexnet(num_classes, class_names=names)
         set_keras_weights(model, converted)
     else:
         model = core  # same weight-bearing layers in the same order as build_torch_alexnet
@@ -403,6 +421,7 @@ __all__ = [
     "KEY_TABLE",
     "compare_with_torch",
     "convert_state_dict",
+    "imagenet_class_names",
     "import_torch",
     "load_state_dict",
     "port_torchvision_alexnet",

@@ -126,7 +126,8 @@ def _fmt(v: float) -> str:
 
 
 def plot_learning_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Loss and accuracy per epoch, training and validation, side by side.
+    """Loss and accuracy per epoch, training and validation, side by side; the
+    accuracy axis always spans 0-100%.
 
     Args:
         history: rows with ``epoch`` and any of ``loss``, ``val_loss``,
@@ -152,6 +153,8 @@ def plot_learning_curves(history: Sequence[dict], path: str | os.PathLike, title
         ax.set_title(f"{label} per epoch")
         if key == "accuracy":
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+            # The whole 0-100% range: a zoomed axis makes 7% -> 10% look like progress.
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(True, linestyle="--", alpha=0.6)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()

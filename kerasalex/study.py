@@ -94,7 +94,7 @@ def unavailable_reason(
             first = (str(exc).strip().splitlines() or ["ValueError"])[0]
             return f"its ImageNet base could not be loaded: {first} (in the study: --vgg-weights PATH)"
         except Exception as exc:  # offline: Keras's own download raises a plain Exception
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first = files.error_line(exc)
             return (f"its ImageNet base could not be loaded ({type(exc).__name__}: {first}); offline, pass "
                     "--vgg-weights PATH to a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
         finally:
@@ -302,7 +302,7 @@ def run_study(
                 _save_state(study_dir, state)
                 raise
             except BaseException as exc:
-                entry.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+                entry.update(status="failed", reason=f"{type(exc).__name__}: {files.error_line(exc, 300)}")
                 _save_state(study_dir, state)
                 raise
             trained.append(arch)

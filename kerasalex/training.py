@@ -137,6 +137,59 @@ def resolve_precision(precision: str) -> str:
     return "float32"
 
 
+# Measured training speed of the scratch alexnet (batch 128, default recipe)
+# on 2 vCPUs of an AMD EPYC with AVX512-BF16, no GPU: what a start-up line
+# quotes. bfloat16: the 30-epoch CIFAR-10 run of the README's Results;
+# float32: benchmarks/bench_gpu.py on 5,000 CIFAR-10 images.
+MEASURED_IMAGES_PER_SECOND = {
+    ("alexnet", "mixed_bfloat16"): (225.6, "the README's 30-epoch CIFAR-10 run"),
+    ("alexnet", "float32"): (137.0, "benchmarks/bench_gpu.py"),
+}
+MEASURED_ON = "2 vCPUs of an AMD EPYC (AVX512-BF16)"
+
+
+def explain_precision(requested: str, policy: str, arch: str | None = None) -> str:
+    """One line for the start of a run: the dtype policy, why it was chosen,
+    and, where we measured it, the images/second to expect.
+
+    Args:
+        requested: the ``--precision`` value (``auto`` or a policy).
+        policy: what :func:`resolve_precision` resolved it to.
+        arch: the architecture (figures exist for ``alexnet`` on CPUs).
+
+    Example:
+        ``precision float32 (auto: this CPU has no bfloat16 units, no avx512_bf16/amx_bf16 flag);
+        expect ~137 images/s or less (measured on 2 vCPUs of an AMD EPYC (AVX512-BF16): benchmarks/bench_gpu.py)``
+    """
+    if requested != "auto":
+        why = "as --precision asked"
+    else:
+        gpus = gpu_devices()
+        if gpus:
+            import tensorflow as tf
+
+            try:
+                d = tf.config.experimental.get_device_details(gpus[0])
+            except Exception:
+                d = {}
+            cc = d.get("compute_capability") or (0, 0)
+            name = d.get("device_name", gpus[0].name)
+            kind = {"mixed_bfloat16": "bfloat16 tensor cores", "mixed_float16": "float16 tensor cores"}.get(
+                policy, "no tensor cores kerasalex uses")
+            why = f"auto: GPU {name}, compute capability {cc[0]}.{cc[1]}, {kind}"
+        elif policy == "mixed_bfloat16":
+            flag = "avx512_bf16" if "avx512_bf16" in cpu_flags() else "amx_bf16"
+            why = f"auto: this CPU has bfloat16 units, {flag}"
+        else:
+            why = "auto: this CPU has no bfloat16 units, no avx512_bf16/amx_bf16 flag"
+    line = f"precision {policy} ({why})"
+    figure = MEASURED_IMAGES_PER_SECOND.get((arch, policy))
+    if figure is not None and not gpu_devices():
+        speed, source = figure
+        line += f"; expect ~{speed:.0f} images/s or less (measured on {MEASURED_ON}: {source})"
+    return line
+
+
 def resolve_jit(jit: str) -> bool | str:
     """``on``/``off`` -> True/False; ``auto`` is Keras 3.15's rule, which our
     measurements agree with: XLA off on CPUs (with XLA the scratch AlexNet
@@ -277,12 +330,14 @@ def model_metadata(config: TrainConfig, data) -> dict[str, Any]:
     inside the archive, see :func:`kerasalex.files.read_model_metadata`)."""
     import importlib.metadata as md
 
+    from kerasalex.data import NAMED_DATASETS
+
     try:
         version = md.version("kerasalex")
     except md.PackageNotFoundError:
         version = None
     record = getattr(data, "training_data", None) or {}
-    return {
+    out = {
         "kerasalex_version": version,
         "arch": config.arch,
         "class_names": list(data.class_names),
@@ -294,6 +349,14 @@ def model_metadata(config: TrainConfig, data) -> dict[str, Any]:
         # What it was trained on, so any copy is evaluated on images it never saw.
         "training_data": record or None,
     }
+    folder = Path(config.dataset).expanduser()
+    if config.dataset not in NAMED_DATASETS and folder.is_dir():
+        out["dataset"] = str(folder.resolve())  # found again from any working directory
+    if config.run_dir:
+        # A published copy (saved_models/<run>.keras) finds its run folder:
+        # `evaluate` writes its report there, where `compare` looks.
+        out["run_dir"] = str(Path(config.run_dir).resolve())
+    return out
 
 
 # A held-out file list longer than this is not stored in the model file
@@ -428,10 +491,31 @@ def train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto"
     try:
         return _train(config, resume=resume, verbose=verbose, stop=stop)
     except (C.TrainingInterrupted, C.StopNow, KeyboardInterrupt) as exc:
+        _remove_failed_start(stop)
         raise C.TrainingInterrupted(_interrupted_message(exc, getattr(stop, "run_dir", None))) from None
+    except BaseException:
+        _remove_failed_start(stop)
+        raise
     finally:
         stop.uninstall()
         keras.mixed_precision.set_global_policy(policy)
+
+
+def _remove_failed_start(stop) -> None:
+    """Removes the folders this run created when it failed before writing its
+    ``config.json`` (a typo in ``--dataset``, CIFAR offline, missing weights):
+    a failed start leaves no empty run folder behind. Parents are removed
+    only while empty (another run may have started beside it)."""
+    run_dir = getattr(stop, "run_dir", None)
+    created = getattr(stop, "created_dirs", None)
+    if not created or run_dir is None or (Path(run_dir) / "config.json").exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for d in created[1:]:
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def _interrupted_message(exc: BaseException, run_dir: Path | None) -> str:
@@ -513,6 +597,7 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         config = config.replace(output=str(worker_output_path(run_dir)))
     if stop is not None:
         stop.run_dir = run_dir
+        stop.created_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
     run_dir.mkdir(parents=True, exist_ok=True)
     files.remove_stale_temps(run_dir)
     files.remove_stale_temps(run_dir / "resume")
@@ -520,6 +605,7 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
     # --- how ------------------------------------------------------------
     precision = resolve_precision(config.precision)
     set_precision(precision)
+    _say(explain_precision(config.precision, precision, config.arch))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         import tensorflow as tf
@@ -555,6 +641,9 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
 
     if config.fine_tune_epochs and arch.fit is None:
         raise ValueError(f"--fine-tune-epochs applies to transfer architectures (vgg16), not {config.arch}")
+    if arch.fit is not None:
+        _say(f"plan: {config.epochs + config.fine_tune_epochs} epoch(s) = {config.epochs} head + "
+             f"{config.fine_tune_epochs} fine-tuning (--epochs sets the total, --fine-tune-epochs the fine-tuning share)")
 
     # --- model ----------------------------------------------------------
     with strategy.scope():
@@ -602,7 +691,8 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         # the resume state is exact. No best.keras then: it would hold the raw
         # weights of the epoch whose EMA weights scored best.
         keras.callbacks.SwapEMAWeights() if config.ema_momentum else None,
-        C.BestCheckpoint(run_dir / "best.keras", best=best) if data.val is not None and not config.ema_momentum else None,
+        C.BestCheckpoint(run_dir / "best.keras", best=best)
+        if data.val is not None and config.save_best and not config.ema_momentum else None,
         stop,
     ]
     cbs = [c for c in cbs if c is not None]

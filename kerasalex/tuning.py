@@ -46,7 +46,7 @@ from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine import trial as trial_module
 
 from kerasalex import files
-from kerasalex.config import OPTIMIZERS, SCHEDULES, TrainConfig, resolve_config
+from kerasalex.config import OPTIMIZERS, SCHEDULES, TrainConfig, resolve_config, split_epochs
 
 TUNERS = ("bayesian", "random", "hyperband")
 OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
@@ -82,14 +82,39 @@ TUNABLE: dict[str, dict[str, Any]] = {
 }
 SAMPLINGS = ("linear", "log", "reverse_log")
 
-# TrainConfig fields that best_hparams.json leaves out: where outputs go and
-# how many machines train, which are not hyperparameters.
-_NOT_HPARAMS = ("run_dir", "output", "save_dir", "distribute")
+# Hyperparameters that only SGD reads: the trial table and best_hparams.json
+# leave them out for adam/adamw trials.
+SGD_ONLY = ("momentum", "nesterov")
 
 
 # --------------------------------------------------------------------------
 # Search space
 # --------------------------------------------------------------------------
+
+
+class _DropRetracingWarnings:
+    """A logging filter that drops TensorFlow's "triggered tf.function
+    retracing" warning: every trial builds a new model, so Keras's train and
+    test functions are traced again per trial by design, and TensorFlow counts
+    that as retracing one function (the warning's advice does not apply)."""
+
+    def filter(self, record) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_trial_retracing():
+    """Drops TensorFlow's retracing warning (see :class:`_DropRetracingWarnings`)
+    from the ``tensorflow`` logger while the block runs; every other message passes."""
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    drop = _DropRetracingWarnings()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _is_number(v) -> bool:
@@ -578,7 +603,13 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
         from kerasalex.training import fit_standard
 
         epochs = int(epochs or self.max_epochs)
-        config = self.trial_config(hp).replace(epochs=epochs, seed=self.base.seed + self.seed_offset)
+        config = self.trial_config(hp).replace(seed=self.base.seed + self.seed_offset)
+        if config.fine_tune_epochs:
+            # A two-stage model (vgg16): the trial's epochs are its total, split as `train --epochs` splits them.
+            head, fine = split_epochs(epochs, config.epochs, config.fine_tune_epochs)
+            config = config.replace(epochs=head, fine_tune_epochs=fine)
+        else:
+            config = config.replace(epochs=epochs)
         history = C.EpochHistory(trial_dir, len(self.data.train), plot=False) if trial_dir else _Rows()
         early = keras.callbacks.EarlyStopping(
             monitor=self.objective, mode=_objective_direction(self.objective), patience=self.patience,
@@ -1087,7 +1118,8 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
         done = sum(1 for t in tuner.oracle.trials.values() if t.status in ("COMPLETED", "FAILED"))
         if done:
             _say(f"continuing the search in {project}: {done} trial(s) finished, {len(tuner.oracle._retry_queue)} to rerun")
-    tuner.search(verbose=1 if verbose else 0)
+    with quiet_trial_retracing():
+        tuner.search(verbose=1 if verbose else 0)
     free_memory()
 
     if who == "worker":
@@ -1097,23 +1129,24 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
     ended = exhausted_note(tuner.oracle, config.trials_limit)
     if ended:
         _say(ended)
-    trials = trial_rows(tuner.oracle, space)
+    trials = trial_rows(tuner.oracle, space, base.optimizer)
     write_trial_table(project, trials, config.objective)
     best = best_trial(tuner.oracle)
     if best is None:
         raise ValueError(f"no trial of the search in {project} completed; see {project / 'trials.md'}")
     hparams = best_hparams(config, hypermodel, best, data)
+    budget = retrain_options(config, best, data)
     hparams_path = project / "best_hparams.json"
     files.atomic_write_json(hparams_path, hparams)
     files.atomic_write_json(project / "best_trial.json", {
         "trial_id": best.trial_id, "objective": config.objective, "score": best.score,
-        "metrics": _trial_metrics(best), "hparams": str(hparams_path),
+        "metrics": _trial_metrics(best), "hparams": str(hparams_path), "retrain_options": budget,
         "train_command": train_command(config, hparams_path), "tune_command": command_line(config),
     })
     model_path = None
     if config.retrain:
         _StopCheck(stop)()
-        model_path = retrain(config, hparams, project)
+        model_path = retrain(config, hparams, project, budget)
     best_row = next(r for r in trials if r["trial"] == best.trial_id)
     return SearchResult(project, trials, best_row, hparams_path, model_path, who)
 
@@ -1170,17 +1203,20 @@ def best_trial(oracle):
     return best[0] if best else None
 
 
-def trial_rows(oracle, space: dict) -> list[dict]:
+def trial_rows(oracle, space: dict, optimizer: str = "sgd") -> list[dict]:
     """One row per trial: id, status, hyperparameter values, objective and
-    the other metrics, epochs, seconds, memory."""
+    the other metrics, epochs, seconds, memory. ``momentum``/``nesterov`` are
+    left empty for trials whose optimizer (searched, else ``optimizer``, the
+    recipe's) is not SGD, which ignores them."""
     rows = []
     for tid in sorted(oracle.trials, key=_trial_sort_key):
         t = oracle.trials[tid]
         m = _trial_metrics(t)
         values = t.hyperparameters.values
         row = {"trial": tid, "status": t.status}
+        sgd = values.get("optimizer", optimizer) == "sgd"
         for name in space:
-            row[name] = values.get(name)
+            row[name] = values.get(name) if sgd or name not in SGD_ONLY else None
         if "tuner/epochs" in values:
             row["tuner/epochs"] = values.get("tuner/epochs")
             row["tuner/trial_id"] = values.get("tuner/trial_id")
@@ -1188,7 +1224,7 @@ def trial_rows(oracle, space: dict) -> list[dict]:
         for key in ("val_accuracy", "val_loss", "accuracy", "loss", "best_epoch", "epochs", "seconds", "rss_mb", "peak_rss_mb"):
             row[key] = m.get(key)
         if t.message and t.status != "COMPLETED":
-            row["message"] = t.message.strip().splitlines()[-1][:120]
+            row["message"] = files.error_line(t.message.strip().splitlines()[-1], 120)
         rows.append(row)
     return rows
 
@@ -1226,36 +1262,57 @@ def trial_table_markdown(rows: list[dict], objective: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def best_hparams(config: TuneConfig, hypermodel: KerasalexHyperModel, trial, data) -> dict[str, Any]:
-    """The train options that retrain ``trial`` on train+validation: every
-    TrainConfig field but where outputs go, with ``val_split`` 0, ``epochs``
-    = the trial's best epoch and ``limit`` covering the training and
-    validation images the trial saw."""
+def best_hparams(config: TuneConfig, hypermodel: KerasalexHyperModel, trial, data=None) -> dict[str, Any]:
+    """The searched hyperparameters of ``trial``, for ``train --hparams``:
+    ``arch``, ``recipe`` and the value of every name in the search space
+    (``momentum`` and ``nesterov`` only for an SGD trial: the other
+    optimizers ignore them). Not the search's own budget (``epochs``,
+    ``limit``, ``val_split``, ``image_size``, ``precision``, ``seed``): a
+    ``train --hparams`` run keeps the recipe's epochs, its own data and
+    validation split. :func:`retrain_options` holds the budget of the retrain.
+    """
     train_config = hypermodel.trial_config(trial.hyperparameters)
-    best_epoch = _trial_metrics(trial).get("best_epoch") or config.max_epochs
-    n_seen = len(data.train) + (len(data.val) if data.val is not None else 0)
-    train_config = train_config.replace(
-        epochs=max(1, int(round(best_epoch))), val_split=0.0,
-        limit=n_seen if train_config.limit is not None else None,
-    )
-    out = {"arch": train_config.arch}
-    for key, value in train_config.to_dict().items():
-        if key in _NOT_HPARAMS or key == "arch" or value is None:
+    out: dict[str, Any] = {"arch": train_config.arch, "recipe": train_config.recipe}
+    for name in hypermodel.space:
+        if name in SGD_ONLY and train_config.optimizer != "sgd":
             continue
-        out[key] = value
+        out[name] = getattr(train_config, name)
     return out
 
 
+def retrain_options(config: TuneConfig, trial, data) -> dict[str, Any]:
+    """The options (beside :func:`best_hparams`) of the retrain of ``trial``
+    on train+validation: ``epochs`` = the trial's best epoch, ``val_split``
+    0, ``limit`` covering the training and validation images the trial saw
+    (0 = none), and the search's ``dataset``, ``data_dir``, ``image_size``,
+    ``precision`` and ``seed``."""
+    base = config.base_config()
+    best_epoch = _trial_metrics(trial).get("best_epoch") or config.max_epochs
+    n_seen = len(data.train) + (len(data.val) if data.val is not None else 0)
+    return {
+        "dataset": config.dataset, "data_dir": config.data_dir, "image_size": config.image_size,
+        "precision": config.precision, "seed": config.seed,
+        "epochs": max(1, int(round(best_epoch))), "val_split": 0.0,
+        "limit": n_seen if base.limit is not None else 0,
+    }
+
+
 def train_command(config: TuneConfig, hparams_path: Path) -> str:
+    """``kerasalex train`` with the searched hyperparameters on the search's
+    dataset, at the recipe's epochs and without the search's ``--limit``."""
     args = ["kerasalex", "train", "--hparams", str(hparams_path), "--dataset", config.dataset]
     if config.data_dir:
         args += ["--data-dir", config.data_dir]
+    for flag, value in (("--image-size", config.image_size), ("--precision", config.precision)):
+        if value is not None:
+            args += [flag, str(value)]
     return shlex.join(args)
 
 
-def retrain(config: TuneConfig, hparams: dict[str, Any], project_dir: Path) -> Path:
-    """Trains the best hyperparameters on train+validation exactly as
-    ``kerasalex train --hparams best_hparams.json`` does, into
+def retrain(config: TuneConfig, hparams: dict[str, Any], project_dir: Path, options: dict[str, Any] | None = None) -> Path:
+    """Trains the best hyperparameters on train+validation, as
+    ``kerasalex train --hparams best_hparams.json`` with ``options`` (see
+    :func:`retrain_options`) on the command line does, into
     ``<project>/retrain/``; an unfinished retrain is resumed, a finished one
     with the same options reused."""
     from kerasalex.callbacks import TrainingInterrupted
@@ -1265,7 +1322,8 @@ def retrain(config: TuneConfig, hparams: dict[str, Any], project_dir: Path) -> P
     arch = hp.pop("arch")
     output = Path(config.output) if config.output else Path("saved_models") / f"tune-{config.project_name}.keras"
     run_dir = Path(project_dir) / "retrain"
-    train_config = resolve_config(arch=arch, recipe=hp.get("recipe", "default"), hparams=hp, run_dir=str(run_dir), output=str(output))
+    train_config = resolve_config(arch=arch, recipe=hp.pop("recipe", "default"), hparams=hp, run_dir=str(run_dir),
+                                  output=str(output), **(options or {}))
     resume = False
     if (run_dir / "config.json").exists():
         try:

@@ -78,8 +78,9 @@ def test_low_memory_mode_picks_the_system_allocator_and_only_when_asked():
 def test_train_writes_the_run_folder(trained):
     cwd, run, output = trained
     assert "Done: 2 epochs" in output
-    for name in ("config.json", "history.json", "history.csv", "learning_curves.png", "best.keras", "model.keras", "summary.json"):
+    for name in ("config.json", "history.json", "history.csv", "learning_curves.png", "model.keras", "summary.json"):
         assert (run / name).is_file(), name
+    assert not (run / "best.keras").exists()  # only with --save-best
     assert not (run / "resume").exists()  # a finished run leaves no resume state
     assert (cwd / "saved_models" / "digits.keras").is_file()
     cfg = json.loads((run / "config.json").read_text())
@@ -125,10 +126,23 @@ def test_evaluate_writes_report_and_confusion_matrix(trained):
 
 
 def test_evaluate_a_copied_model_reports_beside_it(trained, tmp_path):
-    cwd, _, _ = trained
+    """A published copy reports into its run folder (its kerasalex.json names
+    it); a model whose run folder is gone, beside itself."""
+    import shutil
+
+    cwd, run, _ = trained
     r = invoke(["evaluate", "saved_models/digits.keras", "--dataset", "digits", "--limit", "50"], cwd)
-    assert "(a stratified sample of 50 of 360 images)" in r.output
-    assert (cwd / "saved_models" / "digits-eval" / "evaluation.json").is_file()
+    assert "(a stratified sample of 50 of 360 images" in r.output
+    assert json.loads((run / "evaluation.json").read_text())["test_images"] == 50
+    assert not (cwd / "saved_models" / "digits-eval").exists()
+    shutil.copy(cwd / "saved_models" / "digits.keras", tmp_path / "elsewhere.keras")
+    moved = tmp_path / "moved-run"
+    shutil.move(run, moved)
+    try:
+        r = invoke(["evaluate", tmp_path / "elsewhere.keras", "--limit", "40"], cwd)
+    finally:
+        shutil.move(moved, run)
+    assert (tmp_path / "elsewhere-eval" / "evaluation.json").is_file()
 
 
 def test_predict_top_k_and_plot(trained, tmp_path):

@@ -147,6 +147,22 @@ def test_ported_keras_model_is_torchvision_inference_end_to_end(torch, reference
     got = np.asarray(model.predict(images, verbose=0))
     assert np.abs(got - want).max() <= TOL * max(1.0, np.abs(want).max())
 
+    # It predicts ImageNet class names (torchvision's order), not class numbers.
+    from PIL import Image
+
+    from kerasalex.models import get_class_names
+    from kerasalex.porting import imagenet_class_names
+
+    names = get_class_names(model)
+    assert names[:3] == ["tench", "goldfish", "great white shark"] and names[-1] == "toilet tissue"
+    assert names == imagenet_class_names() and len(set(names)) == 1000
+    Image.fromarray(images[0]).save(tmp_path / "photo.png")
+    out = invoke(["predict", "imagenet.keras", "photo.png", "--top-k", "1", "--json"]).output
+    import json
+
+    top = json.loads(out[out.index("["):])[0]["top"][0]["class"]
+    assert top == names[int(want[0].argmax())]
+
     tuned = build_torch_alexnet(10, input_shape=(32, 32, 3), weights=str(tmp_path / "imagenet.keras"), resize=96, crop=95)
     for name in CONV_LAYERS + DENSE_LAYERS[:-1]:
         for a, b in zip(tuned.get_layer(name).get_weights(), model.get_layer(name).get_weights()):

@@ -220,21 +220,36 @@ def test_random_search_outputs(random_search):
     assert "| trial | status | optimizer | lr |" in (project / "trials.md").read_text()
     hp = json.loads((project / "best_hparams.json").read_text())
     best = json.loads((project / "best_trial.json").read_text())
-    assert hp["arch"] == "alexnet" and hp["val_split"] == 0.0 and hp["epochs"] == 1
-    assert hp["limit"] == 150 + 17  # the training and validation images the trials saw
+    # The searched hyperparameters only, not the search's budget.
+    searched = {"optimizer", "lr", "momentum", "weight_decay", "dropout", "label_smoothing", "augment", "batch_size"}
+    assert hp["arch"] == "alexnet" and hp["recipe"] == "default"
+    assert set(hp) - {"arch", "recipe"} <= searched
+    assert not {"epochs", "limit", "val_split", "image_size", "precision", "seed", "dataset"} & set(hp)
+    assert ("momentum" in hp) == (hp["optimizer"] == "sgd")  # only SGD reads it
+    # The retrain's budget: the trial's best epoch, on the training and
+    # validation images the trials saw.
+    assert best["retrain_options"]["epochs"] == 1 and best["retrain_options"]["val_split"] == 0.0
+    assert best["retrain_options"]["limit"] == 150 + 17
     best_row = next(r for r in rows if r["trial"] == best["trial_id"])
     assert float(best_row["val_accuracy"]) == max(float(r["val_accuracy"]) for r in rows)
-    for name in ("optimizer", "lr", "momentum", "weight_decay", "dropout", "label_smoothing", "augment"):
+    for name in set(hp) - {"arch", "recipe"}:
         assert str(hp[name]) == best_row[name] or float(hp[name]) == pytest.approx(float(best_row[name]))
+    for r in rows:
+        assert (r["momentum"] == "") == (r["optimizer"] != "sgd")
     model = files.load_model(root / "saved_models" / "tune-alexnet-digits-random.keras")
     assert model.input_shape == (None, 16, 16, 3) and model.output_shape == (None, 10)
     assert "Reproduce: kerasalex train --hparams" in output
 
 
 def test_best_hparams_round_trip_into_train(random_search, invoke):
+    """`train --hparams best_hparams.json` with the retrain's budget on the
+    command line is the retrain; without it, the winner on all the data with
+    the recipe's epochs and a validation split."""
     root, _, _ = random_search
     project = root / "tuning" / "alexnet-digits-random"
-    invoke(["train", "--hparams", project / "best_hparams.json", "--dataset", "digits",
+    budget = json.loads((project / "best_trial.json").read_text())["retrain_options"]
+    invoke(["train", "--hparams", project / "best_hparams.json", "--dataset", "digits", "--image-size", "16",
+            "--precision", "float32", "--epochs", budget["epochs"], "--val-split", "0", "--limit", budget["limit"],
             "--run-dir", "again", "--output", "again.keras"])
     ours = json.loads((project / "retrain" / "config.json").read_text())["config"]
     theirs = json.loads((Path("again") / "config.json").read_text())["config"]
@@ -242,6 +257,12 @@ def test_best_hparams_round_trip_into_train(random_search, invoke):
         ours.pop(key), theirs.pop(key)
     assert theirs == ours
     assert theirs["val_split"] == 0.0 and theirs["limit"] == 167
+    from kerasalex.config import load_hparams, resolve_config
+
+    hp = load_hparams(project / "best_hparams.json")
+    winner = resolve_config(hp.pop("arch"), hp.pop("recipe"), hparams=hp, dataset="digits")
+    assert winner.limit is None and winner.val_split == 0.1 and winner.epochs == resolve_config("alexnet").epochs
+    assert winner.lr == ours["lr"] and winner.optimizer == ours["optimizer"]
 
 
 def test_rerun_keeps_trials_and_repairs_damaged_state(random_search, invoke, tmp_path):

@@ -309,7 +309,7 @@ def test_resume_in_both_stages_equals_an_uninterrupted_run(tmp_path, small_vgg16
 
     def config(name):
         return resolve_config(
-            arch="vgg16", dataset="digits", limit=40, epochs=2, fine_tune_epochs=2, base_weights="none",
+            arch="vgg16", dataset="digits", limit=40, epochs=4, fine_tune_epochs=2, base_weights="none",  # 2 + 2
             dropout=0.5, batch_size=16, precision="float32", fine_tune_lr=1e-3,
             run_dir=str(tmp_path / name), output=str(tmp_path / f"{name}.keras"),
         )
@@ -338,7 +338,7 @@ def test_resume_in_both_stages_equals_an_uninterrupted_run(tmp_path, small_vgg16
 
 def test_cli_study_recipe_then_reload(invoke, small_vgg16, tmp_path):
     result = invoke(["train", "--arch", "vgg16", "--recipe", "study", "--dataset", "digits", "--limit", "40",
-                     "--epochs", "1", "--fine-tune-epochs", "1", "--base-weights", "none", "--run-dir", "r",
+                     "--epochs", "2", "--fine-tune-epochs", "1", "--base-weights", "none", "--run-dir", "r",
                      "-o", "m.keras"])
     assert "cached vgg16 features" in result.output
     assert "fine-tuning block5_conv1, block5_conv2, block5_conv3" in result.output

@@ -11,13 +11,15 @@ from kerasalex.commands import user_errors
 
 @click.command()
 @click.argument("model", type=click.Path())
-@click.option("--dataset", default="cifar10", show_default=True, help="cifar10, cifar100, digits, or an image folder.")
-@click.option("--data-dir", type=click.Path(), default=None, help="Local CIFAR python archive/folder (offline).")
+@click.option("--dataset", default=None,
+              help="cifar10, cifar100, digits, or an image folder [the model's own, from the model file or its run folder].")
+@click.option("--data-dir", type=click.Path(), default=None,
+              help="Local CIFAR python archive/folder (offline) [the model's own, with its own dataset].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate on a seeded, stratified sample of N images (every class present when N >= classes).")
 @click.option("--output-dir", type=click.Path(), default=None,
-              help="Where the report goes [the model's run folder, else <model>-eval/].")
+              help="Where the report goes [the model's run folder (also for a saved_models/ copy), else <model>-eval/].")
 @click.option("--split", type=click.Choice(["auto", "test", "val"]), default="auto", show_default=True,
               help="auto = the test split; for an image folder without test/, the images the model held out "
                    "of its training data (never the training images).")
@@ -35,14 +37,34 @@ def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val
     so a copied model is scored on images it never saw, or refused.
 
     \b
+    Without --dataset, MODEL is evaluated on the dataset it was trained on
+    (recorded in the model file, or in the config.json of its run folder).
+    The test loss is plain cross-entropy; training's val_loss included the
+    recipe's label smoothing, so it reads higher for the same predictions.
+
+    \b
     Examples:
+      kerasalex evaluate saved_models/alexnet-digits-20261128-101500.keras    # on digits, into its run folder
       kerasalex evaluate runs/alexnet-digits-20261128-101500/model.keras --dataset digits
       kerasalex evaluate saved_models/pets.keras --dataset ~/pets          # pets/ without test/: held-out slice
     """
+    from kerasalex import files
     from kerasalex.compare import evaluation_split
     from kerasalex.evaluation import evaluate as run_eval
+    from kerasalex.evaluation import model_origin
 
     with user_errors():
+        origin = model_origin(model)
+        if dataset is None:
+            files.check_model_file(model)  # a missing or broken file says so first
+            dataset = origin.get("dataset")
+            if dataset is None:
+                raise click.UsageError(
+                    f"{model} does not say which dataset it was trained on (no kerasalex.json inside, no run "
+                    "folder config.json beside it); pass --dataset cifar10|cifar100|digits|FOLDER"
+                )
+            data_dir = data_dir or origin.get("data_dir")
+            click.echo(f"dataset: {dataset} (the model's own; --dataset picks another)")
         if split == "auto":
             split = evaluation_split(dataset)
         r = run_eval(model, dataset, data_dir, batch_size, output_dir, limit, split=split, val_split=val_split,
@@ -53,6 +75,10 @@ def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val
     of = f"a stratified sample of {r['test_images']} of {sample['of']} images" if sample else f"{r['test_images']} images"
     tta_note = ", flip TTA" if r.get("tta") else ""
     click.echo(f"{label}: {r['test_accuracy']:.2%}  macro F1: {r['macro_f1']:.4f}  loss: {r['test_loss']:.4f}  ({of}{tta_note})")
+    smoothing = origin.get("label_smoothing")
+    if smoothing:
+        click.echo(f"(loss: plain cross-entropy; training's val_loss included label smoothing {smoothing:g}, "
+                   "so it reads higher for the same predictions)")
     click.echo(f"Report, confusion matrix and figures in {r['output_dir']}")
 
 

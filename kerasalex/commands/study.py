@@ -24,7 +24,7 @@ def _echo_missing(missing) -> None:
               help="cifar10, cifar100, digits (bundled, offline), or a folder with one subfolder per class.")
 @click.option("--data-dir", type=click.Path(), default=None,
               help="Local cifar-*-python.tar.gz or its extracted folder (offline CIFAR).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs for every model [recipe].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs in all for every model (vgg16: head + fine-tuning) [recipe].")
 @click.option("--limit", type=click.IntRange(min=2), default=None, help="Train on at most N images (quick look).")
 @click.option("--image-size", type=click.IntRange(min=1), default=None, help="Side images are fed at [architecture's].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [recipe].")

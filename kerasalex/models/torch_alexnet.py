@@ -225,7 +225,9 @@ def load_pretrained(weights: str | Path) -> keras.Model:
                 warnings.simplefilter("ignore")
                 donor.load_weights(path)
         except Exception as exc:  # h5py / Keras raise many types for foreign files
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            from kerasalex.files import error_line
+
+            first = error_line(exc)
             raise ValueError(
                 f"weights={str(weights)!r} is not a ported 1000-class torchvision AlexNet .weights.h5 "
                 f"({type(exc).__name__}: {first})"

@@ -18,6 +18,7 @@ import keras
 from keras import layers
 
 from kerasalex import preprocessing
+from kerasalex.files import error_line
 
 BASE_NAME = "vgg16"
 HEAD_START = "flatten"
@@ -65,7 +66,7 @@ def build_vgg16_base(input_size: int = 224, base_weights: str | os.PathLike | No
         try:
             return keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=shape)
         except Exception as exc:  # get_file raises a bare Exception when offline
-            cause = (str(exc).splitlines() or [""])[0][:160]
+            cause = error_line(exc)
             raise ValueError(
                 f"could not get the ImageNet VGG16 weights ({type(exc).__name__}: {cause}); "
                 f"offline, {_fetch_hint()}"
@@ -84,7 +85,7 @@ def build_vgg16_base(input_size: int = 224, base_weights: str | os.PathLike | No
     try:
         base.load_weights(path)
     except Exception as exc:
-        cause = (str(exc).splitlines() or [""])[0][:160]
+        cause = error_line(exc)
         raise ValueError(
             f"{path} does not hold VGG16 notop weights ({type(exc).__name__}: {cause}); "
             f"expected {WEIGHTS_FILE} from {WEIGHTS_URL}"
