@@ -301,7 +301,8 @@ def evaluate(
         log(describe_left_out(data.left_out, str(dataset)) + "; all listed in evaluation.json (left_out_files)")
     if split == "val":
         test, how = held_out_split(model_path, data, dataset, val_split, log=log)
-        log(f"{dataset} has no test split: evaluating on the held-out validation slice ({how})")
+        no_test = dataset not in NAMED_DATASETS and not (Path(dataset) / "test").is_dir()
+        log(f"{dataset + ' has no test split: ' if no_test else ''}evaluating on the held-out validation slice ({how})")
     else:
         test = data.test
         if test is None:
