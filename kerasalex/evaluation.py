@@ -291,6 +291,12 @@ def evaluate(
                 f"model {model_path} was trained on classes {list(names)[:12]} but dataset {dataset} has {found[:12]} "
                 f"({unknown[:12]} unknown to the model); a test set may lack classes of the model, not add any"
             )
+        if split == "val" and found != list(names):
+            raise ValueError(
+                f"model {model_path} was trained on classes {list(names)[:12]} but dataset {dataset} has {found[:12]}, "
+                f"so it is not the data the model held images out of; a test set (a folder with train/ and test/, "
+                f"or --split test) may lack classes of the model"
+            )
     data = load_data(dataset, data_dir, image_size=rule.size, resize=rule.resize, interpolation=rule.interpolation,
                      test=(split == "test"), class_names=names)
     if dataset in NAMED_DATASETS:
