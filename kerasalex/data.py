@@ -6,9 +6,12 @@ batches are drawn by index from the in-memory array: each epoch's order is a
 stateless shuffle of (seed, epoch), so a resumed run sees exactly the batches
 an uninterrupted run would have seen.
 
-Corrupt image files in a folder are *skipped*, and each one is named in a
-warning (and counted in the run's config); a class left with no readable
-image is an error.
+Every image file, whichever command reads it, is decoded by one rule
+(:func:`decode_image`: EXIF orientation, fixed bit-depth mapping, ICC to sRGB,
+transparency on white) and resized by a recorded :class:`ResizeRule`. Every
+file under a class folder is either used or named as left out with the
+reason (:func:`list_image_files`); unreadable image files are *skipped* and
+named in a warning; a class left with no readable image is an error.
 """
 
 from __future__ import annotations

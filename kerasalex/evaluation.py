@@ -359,6 +359,12 @@ def evaluate(
                 f"model {model_path} was trained on classes {list(names)[:12]} but dataset {dataset} has {found[:12]} "
                 f"({unknown[:12]} unknown to the model); a test set may lack classes of the model, not add any"
             )
+        if split == "val" and found != list(names):
+            raise ValueError(
+                f"model {model_path} was trained on classes {list(names)[:12]} but dataset {dataset} has {found[:12]}, "
+                f"so it is not the data the model held images out of; a test set (a folder with train/ and test/, "
+                f"or --split test) may lack classes of the model"
+            )
     data = load_data(dataset, data_dir, image_size=rule.size, resize=rule.resize, interpolation=rule.interpolation,
                      test=(split == "test"), class_names=names)
     if dataset in NAMED_DATASETS:
@@ -369,7 +375,8 @@ def evaluate(
         log(describe_left_out(data.left_out, str(dataset)) + "; all listed in evaluation.json (left_out_files)")
     if split == "val":
         test, how = held_out_split(model_path, data, dataset, val_split, log=log)
-        log(f"{dataset} has no test split: evaluating on the held-out validation slice ({how})")
+        no_test = dataset not in NAMED_DATASETS and not (Path(dataset) / "test").is_dir()
+        log(f"{dataset + ' has no test split: ' if no_test else ''}evaluating on the held-out validation slice ({how})")
     else:
         test = data.test
         if test is None:

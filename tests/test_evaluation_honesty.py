@@ -51,6 +51,8 @@ def work(tmp_path_factory):
     make_folder(cwd / "flat", ["a", "b", "c"], 10)
     make_folder(cwd / "split" / "train", ["a", "b", "c"], 8, seed=1)
     make_folder(cwd / "split" / "test", ["a", "b"], 4, seed=2)
+    make_folder(cwd / "split" / "train" / "a" / ".ipynb_checkpoints", ["x"], 1)  # Jupyter's copy: not an image of a
+    (cwd / "split" / "train" / "b" / "notes.txt").write_text("not an image")
     out = {}
     out["zero"] = invoke(["train", *TINY, "--dataset", "flat", "--val-split", "0", "--run-dir", "runs/zero"], cwd).output
     out["held"] = invoke(["train", *TINY, "--dataset", "flat", "--val-split", "0.2", "--run-dir", "runs/held"], cwd).output
@@ -158,7 +160,13 @@ def test_the_model_records_how_it_decodes(work):
     assert meta["preprocessing"]["resize"] == "squash" and meta["preprocessing"]["interpolation"] == "bilinear"
     cfg = json.loads((cwd / "runs" / "split" / "config.json").read_text())
     assert cfg["resolved"]["preprocessing"] == meta["preprocessing"]
-    assert cfg["resolved"]["left_out_files"] == []
+    # every file not used is named with its reason, in the output and config.json
+    left = {Path(e["path"]).name: e["reason"] for e in cfg["resolved"]["left_out_files"]}
+    assert set(left) == {".ipynb_checkpoints", "notes.txt"}
+    assert left[".ipynb_checkpoints"].startswith("hidden folder") and left["notes.txt"].startswith("not an image file")
+    assert cfg["resolved"]["train_images"] + cfg["resolved"]["val_images"] == 24  # 8 per class, no checkpoint copy
+    out = work[1]["split"]
+    assert "left out 2 file(s)" in out and "notes.txt" in out
 
 
 def test_predict_a_folder_with_a_corrupt_file_predicts_the_others(work):
