@@ -23,8 +23,12 @@ def check_classes(model_classes: Sequence[str], data_classes: Sequence[str], mod
 
 
 def predict_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's logits for uint8 images (refuses floats: see
+    :func:`kerasalex.preprocessing.check_images`)."""
     from kerasalex.data import images_only
+    from kerasalex.preprocessing import check_images
 
+    x = check_images(x)
     return np.asarray(model.predict(images_only(x, batch_size), verbose=0), dtype=np.float32)
 
 
@@ -145,19 +149,35 @@ def predict(
     top_k: int = 3,
     plot: str | os.PathLike | None = None,
 ) -> list[dict]:
-    """Top-k classes with probabilities for each image file; optionally a figure."""
+    """Top-k classes with probabilities for each image file; optionally a figure.
+
+    ``model_path`` is a ``.keras`` model or an artifact of ``kerasalex
+    export`` (a SavedModel folder, a ``.tflite`` or an ``.onnx`` file), run in
+    its own runtime.
+    """
     from kerasalex.data import decode_image, iter_image_paths
-    from kerasalex.models import get_class_names, get_image_shape
     from kerasalex.reports import plot_prediction_grid
 
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1. Received: top_k={top_k}")
-    model = files.load_model(model_path)
-    names = get_class_names(model)
-    h, w, _ = get_image_shape(model)
-    paths = iter_image_paths(images)
-    x = np.stack([decode_image(p, h or 32) for p in paths])
-    probs = softmax(predict_logits(model, x))
+    path = Path(model_path)
+    if path.suffix.lower() in (".tflite", ".onnx") or (path.is_dir() and (path / "saved_model.pb").is_file()):
+        from kerasalex.export import Artifact
+
+        artifact = Artifact(path)
+        names, (h, w, _) = artifact.class_names, artifact.image_shape
+        paths = iter_image_paths(images)
+        x = np.stack([decode_image(p, h or 32) for p in paths])
+        probs = artifact.predict(x)
+    else:
+        from kerasalex.models import get_class_names, get_image_shape
+
+        model = files.load_model(model_path)
+        names = get_class_names(model)
+        h, w, _ = get_image_shape(model)
+        paths = iter_image_paths(images)
+        x = np.stack([decode_image(p, h or 32) for p in paths])
+        probs = softmax(predict_logits(model, x))
     k = min(top_k, len(names))
     out = []
     for p, row in zip(paths, probs):

@@ -384,11 +384,13 @@ def port_torchvision_alexnet(pth_path: str | Path, output_path: str | Path = DEF
                 f"is {figures['rel_diff']:.3g} of max |logit| (limit {CHECK_RTOL}); nothing written"
             )
     if output.suffix == ".keras":
+        # The inference model (stock layers, uint8 images of any size in):
+        # loads with plain Keras; its metadata records 224 px and the classes.
         model = build_torch_alexnet(num_classes)
         set_keras_weights(model, converted)
+        save_model(model, output, metadata={"arch": "alexnet-torch", "source": Path(pth_path).name})
     else:
-        model = core  # same weight-bearing layers in the same order as build_torch_alexnet
-    save_model(model, output)
+        save_model(core, output)  # same weight-bearing layers in the same order as build_torch_alexnet
     return figures
 
 

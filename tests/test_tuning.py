@@ -227,7 +227,10 @@ def test_random_search_outputs(random_search):
     for name in ("optimizer", "lr", "momentum", "weight_decay", "dropout", "label_smoothing", "augment"):
         assert str(hp[name]) == best_row[name] or float(hp[name]) == pytest.approx(float(best_row[name]))
     model = files.load_model(root / "saved_models" / "tune-alexnet-digits-random.keras")
-    assert model.input_shape == (None, 16, 16, 3) and model.output_shape == (None, 10)
+    from kerasalex.models import get_image_shape
+
+    assert get_image_shape(model) == (16, 16, 3) and model.output_shape == (None, 10)
+    assert not any(l.name.startswith("augment") for l in model.layers)  # the inference model
     assert "Reproduce: kerasalex train --hparams" in output
 
 

@@ -65,9 +65,14 @@ def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val
 def predict(model, images, top_k, plot, as_json):
     """Top-k classes for each IMAGE (files or folders) with MODEL.
 
+    MODEL is a .keras file, or what `kerasalex export` wrote: a SavedModel
+    folder, a .tflite or an .onnx file (run in TensorFlow, the LiteRT
+    interpreter or onnxruntime).
+
     \b
-    Example:
+    Examples:
       kerasalex predict saved_models/run.keras cat.jpg dog.png --top-k 3 --plot preds.png
+      kerasalex predict saved_models/run.tflite cat.jpg
     """
     from kerasalex.evaluation import predict as run_predict
 

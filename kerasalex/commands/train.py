@@ -26,7 +26,7 @@ def train_options(f):
         click.option("--label-smoothing", type=float, default=None, help="Label smoothing [recipe]."),
         click.option("--dropout", type=float, default=None, help="Dropout in the classifier [recipe]."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Learning-rate schedule [recipe]."),
-        click.option("--augment/--no-augment", default=None, help="Random flip + translation in the model [recipe]."),
+        click.option("--augment/--no-augment", default=None, help="Random flip + translation while training (not in the saved model) [recipe]."),
         click.option("--val-split", type=float, default=None, help="Fraction of training data held out for validation [0.1]."),
         click.option("--limit", type=click.IntRange(min=2), default=None, help="Train on at most N images (quick look)."),
         click.option("--image-size", type=click.IntRange(min=1), default=None, help="Side images are fed at [architecture's]."),
