@@ -58,12 +58,13 @@ def equivalence(sizes, batch: int, seed: int = 0) -> list[dict]:
 def throughput(precision: str, batch: int, warmup: int, steps: int) -> dict:
     import keras
 
+    from kerasalex.models import training_model
     from kerasalex.models.torch_alexnet import build_torch_alexnet
 
     keras.mixed_precision.set_global_policy(precision)
     try:
         keras.utils.set_random_seed(0)
-        model = build_torch_alexnet(10, input_shape=(32, 32, 3), augment=True, seed=0)
+        model = training_model(build_torch_alexnet(10, input_shape=(32, 32, 3), seed=0), augment=True, seed=0)
         model.compile(
             optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

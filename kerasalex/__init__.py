@@ -1,10 +1,16 @@
 """kerasalex: AlexNet-family image classifiers in Keras 3 (TensorFlow backend).
 
-Importing the package registers its Keras layers, so a saved ``.keras`` file
-loads with ``keras.saving.load_model(path)`` (safe mode on) in any process::
+The ``.keras`` files it writes hold stock Keras layers only: they load with
+``keras.saving.load_model(path)`` (safe mode on) in any process, with or
+without kerasalex installed; the class names are in the archive::
 
-    import keras, kerasalex
+    import json, zipfile, keras
     model = keras.saving.load_model("saved_models/alexnet.keras")
+    names = json.loads(zipfile.ZipFile("saved_models/alexnet.keras").read("metadata.json"))["kerasalex"]["class_names"]
+
+Importing the package registers the layers of files written by earlier
+versions (``ClassNames``, ``ChannelReverse``) and the ``FusedSGD`` optimizer
+of resume states.
 """
 
 import importlib as _importlib

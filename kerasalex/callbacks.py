@@ -296,14 +296,19 @@ def load_resume_state(run_dir: Path) -> dict | None:
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Keeps the best model so far (by ``monitor``) as ``best.keras``, atomically."""
+    """Keeps the best model so far (by ``monitor``) as ``best.keras``, atomically:
+    the inference model (:func:`kerasalex.models.inference_model`, without the
+    training front or optimizer, float32 policies), with ``metadata`` in its
+    metadata.json."""
 
-    def __init__(self, path, monitor: str = "val_accuracy", mode: str = "max", best: float | None = None):
+    def __init__(self, path, monitor: str = "val_accuracy", mode: str = "max", best: float | None = None,
+                 metadata: dict | None = None):
         super().__init__()
         self.path = Path(path)
         self.monitor = monitor
         self.mode = mode
         self.best = best
+        self.metadata = metadata
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -312,8 +317,10 @@ class BestCheckpoint(keras.callbacks.Callback):
         value = float(value)
         better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         if better and math.isfinite(value):
+            from kerasalex.models import inference_model
+
             self.best = value
-            files.save_model(self.model, self.path)
+            files.save_model(inference_model(self.model), self.path, metadata=self.metadata, float32=True)
 
 
 class StopOnDivergence(keras.callbacks.Callback):

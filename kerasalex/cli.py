@@ -22,6 +22,7 @@ COMMANDS = {
     "compare": "kerasalex.commands.study:compare",
     "port-weights": "kerasalex.commands.port:port_weights",
     "tune": "kerasalex.commands.tune:tune",
+    "export": "kerasalex.commands.export:export",
 }
 
 

@@ -23,8 +23,12 @@ def check_classes(model_classes: Sequence[str], data_classes: Sequence[str], mod
 
 
 def predict_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's logits for uint8 images (refuses floats: see
+    :func:`kerasalex.preprocessing.check_images`)."""
     from kerasalex.data import images_only
+    from kerasalex.preprocessing import check_images
 
+    x = check_images(x)
     return np.asarray(model.predict(images_only(x, batch_size), verbose=0), dtype=np.float32)
 
 
@@ -453,6 +457,10 @@ def predict(
 ) -> dict:
     """Top-k classes with probabilities for each image file; optionally a figure.
 
+    ``model_path`` is a ``.keras`` model or an artifact of ``kerasalex
+    export`` (a SavedModel folder, a ``.tflite`` or an ``.onnx`` file), run in
+    its own runtime.
+
     Files are decoded by the model's own rule (:func:`model_image_rule`), the
     one training used; ``resize`` (``"squash"``/``"crop"``) overrides its
     geometry. Folders are scanned as training scans them (hidden paths and
@@ -473,9 +481,20 @@ def predict(
 
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1. Received: top_k={top_k}")
-    model = files.load_model(model_path)
-    names = get_class_names(model)
-    rule = model_image_rule(model_path, model)
+    path = Path(model_path)
+    artifact = model = None
+    if path.suffix.lower() in (".tflite", ".onnx") or (path.is_dir() and (path / "saved_model.pb").is_file()):
+        from kerasalex.export import Artifact
+
+        artifact = Artifact(path)
+        names = artifact.class_names
+        pre = artifact.info.get("preprocessing")
+        rule = (ResizeRule.from_dict(pre, size=artifact.image_shape[0]) if isinstance(pre, dict)
+                else ResizeRule(int(artifact.image_shape[0] or 32), "squash", "bilinear"))
+    else:
+        model = files.load_model(model_path)
+        names = get_class_names(model)
+        rule = model_image_rule(model_path, model)
     if resize is not None:
         rule = ResizeRule(rule.size, resize, rule.interpolation)
     left_out: list[dict] = []
@@ -491,7 +510,7 @@ def predict(
         shown = "; ".join(s["reason"] for s in skipped[:5]) + (f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else "")
         raise ValueError(f"none of the {len(paths)} image file(s) could be read: {shown}")
     x = np.stack(decoded)
-    probs = softmax(predict_logits(model, x))
+    probs = artifact.predict(x) if artifact is not None else softmax(predict_logits(model, x))
     k = min(top_k, len(names))
     out = []
     for p, row in zip(kept, probs):

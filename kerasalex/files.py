@@ -279,10 +279,31 @@ def _lean_h5_writes() -> Iterator[None]:
         base_optimizer.BaseOptimizer.save_own_variables = original_opt
 
 
-def _write_keras_archive(model, target: Path, metadata: dict | None = None) -> None:
-    """Writes ``model`` as a ``.keras`` zip (config.json, metadata.json,
-    model.weights.h5 — the layout ``keras.saving.load_model`` reads — and,
-    when ``metadata`` is given, kerasalex.json, which Keras ignores).
+def float32_policies(node: Any) -> Any:
+    """A serialized Keras config with every mixed-precision dtype policy
+    (``mixed_bfloat16``, ``mixed_float16``) replaced by ``float32``. The
+    variables of a mixed-precision model are float32 already, so its weights
+    load unchanged into the float32 model."""
+    if isinstance(node, list):
+        return [float32_policies(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: float32_policies(v) for k, v in node.items()}
+    if out.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(out.get("config"), dict):
+        name = out["config"].get("name")
+        if isinstance(name, str) and name.startswith("mixed_"):
+            out["config"] = {**out["config"], "name": "float32"}
+    return out
+
+
+def _write_keras_archive(model, target: Path, metadata: dict | None = None, float32: bool = False) -> None:
+    """Writes ``model`` as a ``.keras`` zip: config.json, metadata.json,
+    model.weights.h5, the layout ``keras.saving.load_model`` reads; when
+    ``metadata`` is given, it goes into metadata.json under ``"kerasalex"``
+    (beside Keras's own ``keras_version`` and ``date_saved``; Keras does not
+    read the member when loading). Not a fourth member: Keras extracts every
+    member of an archive with more than three (weights included) to a
+    temporary folder on each load, for assets.
 
     Keras's own ``model.save`` builds the weights file in an in-memory buffer
     first (for the scratch AlexNet with its SGD momentum: +240 MB of peak RSS);
@@ -295,7 +316,11 @@ def _write_keras_archive(model, target: Path, metadata: dict | None = None) -> N
     import keras
 
     config = keras.saving.serialize_keras_object(model)
+    if float32:
+        config = float32_policies(config)
     keras_metadata = {"keras_version": keras.__version__, "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
+    if metadata is not None:
+        keras_metadata[METADATA_KEY] = metadata
     fd, weights = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}", suffix=".weights.h5", dir=target.parent)
     os.close(fd)
     try:
@@ -303,26 +328,31 @@ def _write_keras_archive(model, target: Path, metadata: dict | None = None) -> N
         with _lean_h5_writes():
             model.save_weights(weights)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            zf.writestr("metadata.json", json.dumps(keras_metadata))
+            zf.writestr("metadata.json", json.dumps(keras_metadata, default=_json_default, indent=1))
             zf.writestr("config.json", json.dumps(config))
             zf.write(weights, "model.weights.h5")
-            if metadata is not None:
-                zf.writestr(METADATA_MEMBER, json.dumps(metadata, default=_json_default, indent=1))
     finally:
         with contextlib.suppress(OSError):
             os.unlink(weights)
 
 
-def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+def save_model(model, path: str | os.PathLike, metadata: dict | None = None, float32: bool = False) -> Path:
     """Saves a Keras model (``.keras`` or ``.weights.h5``) atomically: a
     temporary file in the same folder, flushed, then renamed over ``path``.
 
     Args:
         model: the Keras model.
         path: ``*.keras`` or ``*.weights.h5``.
-        metadata: a JSON-serializable dict stored as ``kerasalex.json`` inside
-            a ``.keras`` archive (see :func:`read_model_metadata`); ignored
-            for ``.weights.h5``.
+        metadata: a JSON-serializable dict stored under ``"kerasalex"`` in the
+            ``.keras`` archive's metadata.json (see :func:`read_model_metadata`), on top of
+            the class names and image shape a kerasalex model carries
+            (:func:`kerasalex.models.model_info`); ignored for ``.weights.h5``.
+        float32: write the layers' dtype policies as float32 (``.keras``):
+            for the inference files a user gets, which then load and compute
+            the same on any device, ``model(x)`` and ``model.predict(x)``
+            alike (under a bfloat16 policy eager calls round every op's output
+            to bfloat16 while ``predict``'s fused graph does not); mixed
+            precision is a training setting. The weights are unchanged.
     """
     path = Path(path)
     if path.name.endswith(".weights.h5"):
@@ -330,23 +360,33 @@ def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> 
             tmp.unlink()
             model.save_weights(tmp)
     elif path.suffix == ".keras":
+        from kerasalex.models import _info, model_info
+
+        if _info(model):
+            metadata = {**model_info(model), **(metadata or {})}
         with atomic_path(path, suffix=".keras") as tmp:
-            _write_keras_archive(model, tmp, metadata)
+            _write_keras_archive(model, tmp, metadata, float32=float32)
     else:
         raise ValueError(f"model path must end in .keras or .weights.h5. Received: {path}")
     return path
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict:
-    """The ``kerasalex.json`` member of a ``.keras`` file: what kerasalex
-    recorded about the model ({} when the file has none, e.g. a model saved by
-    plain Keras). Without kerasalex::
+    """What kerasalex recorded about the model in a ``.keras`` file: the
+    ``"kerasalex"`` entry of its metadata.json (``class_names``,
+    ``image_shape``; for a trained model also ``arch``, ``dataset``,
+    ``config``), or {} when it has none (a model saved by plain Keras).
+    Without kerasalex::
 
         import json, zipfile
-        meta = json.loads(zipfile.ZipFile("model.keras").read("kerasalex.json"))
+        meta = json.loads(zipfile.ZipFile("model.keras").read("metadata.json"))["kerasalex"]
+        meta["class_names"]
+
+    (Files written by earlier kerasalex versions kept it in a ``kerasalex.json`` member;
+    that is read too.)
 
     Raises:
-        ModelFileError: the file is not a readable zip, or the member is not a
+        ModelFileError: the file is not a readable zip, or the entry is not a
             JSON object.
     """
     import zipfile
@@ -354,20 +394,27 @@ def read_model_metadata(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
-            try:
-                info = zf.getinfo(METADATA_MEMBER)
-            except KeyError:
-                return {}
-            if info.file_size > MAX_METADATA_BYTES:
-                raise ModelFileError(f"refused to read {path}: {METADATA_MEMBER} is {info.file_size} bytes")
-            data = json.loads(zf.read(info))
+            names = set(zf.namelist())
+            for member in ("metadata.json", LEGACY_METADATA_MEMBER):
+                if member not in names:
+                    continue
+                info = zf.getinfo(member)
+                if info.file_size > MAX_METADATA_BYTES:
+                    raise ModelFileError(f"refused to read {path}: {member} is {info.file_size} bytes")
+                try:
+                    data = json.loads(zf.read(info))
+                except ValueError:
+                    raise ModelFileError(f"corrupt model file: {path} ({member} is not JSON)") from None
+                if member == "metadata.json":
+                    if not isinstance(data, dict) or METADATA_KEY not in data:
+                        continue
+                    data = data[METADATA_KEY]
+                if not isinstance(data, dict):
+                    raise ModelFileError(f"corrupt model file: {path} (its kerasalex metadata is not a JSON object)")
+                return data
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ModelFileError(f"corrupt or incomplete model file: {path} ({exc})") from None
-    except ValueError:
-        raise ModelFileError(f"corrupt model file: {path} ({METADATA_MEMBER} is not JSON)") from None
-    if not isinstance(data, dict):
-        raise ModelFileError(f"corrupt model file: {path} ({METADATA_MEMBER} is not a JSON object)")
-    return data
+    return {}
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
@@ -425,31 +472,47 @@ MAX_DECLARED_BYTES = 1024**3
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # What a .keras archive of ours holds; anything else (assets/ of lookup layers,
 # sharded weights, ...) is refused.
-# kerasalex.json: what kerasalex knows about the model (class names, what it
-# was trained on); plain Keras ignores the member (see read_model_metadata).
-METADATA_MEMBER = "kerasalex.json"
-MODEL_MEMBERS = frozenset({"config.json", "metadata.json", "model.weights.h5", METADATA_MEMBER})
+# What kerasalex knows about the model (class names, image shape, what it was
+# trained on) is metadata.json's "kerasalex" entry (see read_model_metadata);
+# earlier versions wrote it as a kerasalex.json member, still accepted.
+METADATA_KEY = "kerasalex"
+LEGACY_METADATA_MEMBER = "kerasalex.json"
+MODEL_MEMBERS = frozenset({"config.json", "metadata.json", "model.weights.h5", LEGACY_METADATA_MEMBER})
 MAX_METADATA_BYTES = 64 * 1024**2
 
-# Layer classes a kerasalex model may contain. Anything else is refused before
+# Layer classes a model file may contain. Anything else is refused before
 # Keras deserializes it: Lambda (arbitrary code), TFSMLayer (loads a
 # SavedModel), TorchModuleWrapper (pickle), JaxLayer, lookup layers (read a
 # vocabulary file or URL), and so on.
-ALLOWED_LAYERS = frozenset(
+#
+# What the builders and the training front (kerasalex.models.training_model,
+# in resume files only) produce: stock Keras layers only, so the files load
+# with plain Keras too. tests/test_models.py checks it is exactly this set.
+BUILT_LAYERS = frozenset(
     {
-        "InputLayer", "Functional", "Sequential", "Model",
-        "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "Flatten",
-        "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
-        "AdaptiveAveragePooling2D", "AdaptiveMaxPooling2D", "ZeroPadding2D",
-        "Dropout", "SpatialDropout2D", "BatchNormalization", "LayerNormalization",
-        "Activation", "ReLU", "Softmax", "Add", "Concatenate", "Multiply", "Reshape",
-        "Rescaling", "Resizing", "CenterCrop", "Normalization",
-        "RandomFlip", "RandomTranslation", "RandomCrop", "RandomRotation", "RandomZoom",
-        "RandomContrast", "RandomBrightness",
-        # kerasalex's own layers (registered under the "kerasalex>" package)
-        "ClassNames", "ChannelReverse", "CachedFeatures",
+        "InputLayer", "Functional", "Resizing", "CenterCrop", "Rescaling", "Normalization",
+        "ZeroPadding2D", "Conv2D", "ReLU", "MaxPooling2D", "AdaptiveAveragePooling2D", "Flatten",
+        "Dropout", "Dense", "RandomFlip", "RandomTranslation",
     }
 )
+# Keras ops called on symbolic tensors in a functional model (no weights):
+# the channel flip of vgg16's preprocessing (kerasalex.preprocessing.vgg_preprocess).
+BUILT_OPS = frozenset({"Flip"})
+_OPS_MODULES = ("keras.src.ops",)
+# kerasalex's own layers in files written by earlier versions (registered under the
+# "kerasalex>" package by kerasalex.preprocessing); no builder makes them now.
+LEGACY_LAYERS = frozenset({"ClassNames", "ChannelReverse"})
+# Other stock layers that hold only weights (no code, no files), for simple
+# models made elsewhere (evaluated or predicted with kerasalex).
+OTHER_STOCK_LAYERS = frozenset(
+    {
+        "Sequential", "Model", "DepthwiseConv2D", "SeparableConv2D", "AveragePooling2D",
+        "GlobalAveragePooling2D", "GlobalMaxPooling2D", "AdaptiveMaxPooling2D", "SpatialDropout2D",
+        "BatchNormalization", "LayerNormalization", "Activation", "Softmax", "Add", "Concatenate",
+        "Multiply", "Reshape",
+    }
+)
+ALLOWED_LAYERS = BUILT_LAYERS | LEGACY_LAYERS | OTHER_STOCK_LAYERS
 # kerasalex's optimizers (plain value objects, registered as "kerasalex>Name").
 KERASALEX_OPTIMIZERS = frozenset({"FusedSGD"})
 REFUSED_LAYERS = frozenset(
@@ -526,6 +589,9 @@ def _check_object(node: dict, path: Path) -> None:
     elif _in_modules(module, _LAYER_MODULES):
         if class_name not in ALLOWED_LAYERS:
             refuse(f"layer class {class_name!r} is not on kerasalex's allowlist")
+    elif _in_modules(module, _OPS_MODULES):
+        if class_name not in BUILT_OPS:
+            refuse(f"op {module}.{class_name} is not on kerasalex's allowlist ({', '.join(sorted(BUILT_OPS))})")
     elif _in_modules(module, _VALUE_MODULES):
         if not (class_name[:1].isupper() and class_name.isidentifier()):
             refuse(f"{module}.{class_name} is not a class")
@@ -697,22 +763,41 @@ def check_model_file(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike, compile: bool = False):
-    """Loads a ``.keras`` model after :func:`check_model_file`, with safe mode on.
+    """Loads a ``.keras`` model after :func:`check_model_file`, with safe mode
+    on, and attaches the class names and image shape kerasalex recorded in it
+    (:func:`read_model_metadata`; see :func:`kerasalex.models.get_class_names`).
+
+    Models written by kerasalex load with plain ``keras.saving.load_model``
+    as well; this is the loader for files from elsewhere. Files written
+    by earlier kerasalex versions (with its legacy layers) load here too.
 
     Raises:
         ModelFileError: the file is missing, corrupt, or refused.
     """
     import keras
 
-    import kerasalex.optimizers  # noqa: F401  (registers FusedSGD)
-    import kerasalex.preprocessing  # noqa: F401  (registers custom layers)
+    import kerasalex.optimizers  # noqa: F401  (registers FusedSGD, in resume files)
+    import kerasalex.preprocessing  # noqa: F401  (registers the legacy layers)
+    from kerasalex.models import set_model_info
 
     check_model_file(path)
+    meta = read_model_metadata(path)
     try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except ModelFileError:
         raise
     except Exception as exc:  # Keras raises many types for broken files
         raise ModelFileError(
             f"corrupt or incomplete model file: {path} ({type(exc).__name__}: {error_line(exc)})"
         ) from exc
+    names, shape = meta.get("class_names"), meta.get("image_shape")
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+        if outputs is not None and len(names) != outputs:
+            raise ModelFileError(
+                f"corrupt model file: {path} (its metadata names {len(names)} classes, the model has {outputs} outputs)"
+            )
+        set_model_info(model, class_names=names)
+    if isinstance(shape, list) and len(shape) == 3 and all(d is None or isinstance(d, int) for d in shape):
+        set_model_info(model, image_shape=shape)
+    return model

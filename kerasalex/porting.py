@@ -401,16 +401,18 @@ def port_torchvision_alexnet(pth_path: str | Path, output_path: str | Path = DEF
     if output.suffix == ".keras":
         # A 1000-class checkpoint is torchvision's ImageNet head: the model
         # carries the class names, so `predict` says "goldfish", not "1".
+        # The inference model (stock layers, uint8 images of any size in)
+        # loads with plain Keras; its metadata records 224 px and the classes.
         names = imagenet_class_names() if num_classes == 1000 else None
         model = build_torch_alexnet(num_classes, class_names=names)
         set_keras_weights(model, converted)
-    else:
-        model = core  # same weight-bearing layers in the same order as build_torch_alexnet
-    from kerasalex.data import ResizeRule
+        from kerasalex.data import ResizeRule
 
-    # predict/evaluate decode files for it as torchvision does (shorter side + centre crop).
-    save_model(model, output, metadata={"arch": "alexnet-torch",
-                                        "preprocessing": ResizeRule(224, "crop", "bilinear").to_dict()})
+        # predict/evaluate decode files for it as torchvision does (shorter side + centre crop).
+        save_model(model, output, metadata={"arch": "alexnet-torch", "source": Path(pth_path).name,
+                                            "preprocessing": ResizeRule(224, "crop", "bilinear").to_dict()})
+    else:
+        save_model(core, output)  # same weight-bearing layers in the same order as build_torch_alexnet
     return figures
 
 

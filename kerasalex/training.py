@@ -326,8 +326,8 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 
 
 def model_metadata(config: TrainConfig, data) -> dict[str, Any]:
-    """What a trained ``.keras`` file carries about itself (``kerasalex.json``
-    inside the archive, see :func:`kerasalex.files.read_model_metadata`)."""
+    """What a trained ``.keras`` file carries about itself (in the archive's
+    metadata.json, see :func:`kerasalex.files.read_model_metadata`)."""
     import importlib.metadata as md
 
     from kerasalex.data import NAMED_DATASETS
@@ -445,15 +445,26 @@ def _prepare_data(config: TrainConfig):
 
 def _build_or_resume(config: TrainConfig, arch, data, state: dict | None, steps: int):
     """The model to train and its first epoch: reloaded from the resume state
-    (optimizer and RNG state included), or freshly built and compiled."""
+    (optimizer and RNG state included), or freshly built and compiled.
+
+    The model trained is :func:`kerasalex.models.training_model`: the
+    architecture's inference model behind the training-only augmentation
+    front; :func:`kerasalex.models.inference_model` takes the inference
+    model, which every user-facing file holds, back out.
+    """
     from kerasalex import callbacks as C
-    from kerasalex.models import get_class_names
+    from kerasalex.models import get_class_names, is_training_model, training_model
 
     if state is not None:
         model = files.load_model(state["model_path"], compile=True)
-        C.restore_seed_states(model, state["seed_states"])
         if get_class_names(model) != data.class_names:
             raise ValueError(f"resume state's classes {get_class_names(model)} differ from the data's {data.class_names}")
+        if not is_training_model(model):
+            raise ValueError(
+                f"the resume state in {Path(state['model_path']).parent} was written by an older kerasalex "
+                "(augmentation inside the model); start the run again in a new --run-dir"
+            )
+        C.restore_seed_states(model, state["seed_states"])
         return model, int(state["epochs_done"])
     if config.arch == "alexnet-torch" and not config.weights:
         _say("alexnet-torch without --weights: training from random initialization (no ImageNet weights)")
@@ -461,7 +472,6 @@ def _build_or_resume(config: TrainConfig, arch, data, state: dict | None, steps:
         num_classes=data.num_classes,
         input_shape=data.image_shape,
         class_names=data.class_names,
-        augment=config.augment,
         dropout=config.dropout,
         kernel_initializer=config.kernel_initializer,
         head_initializer=config.head_initializer,
@@ -470,6 +480,7 @@ def _build_or_resume(config: TrainConfig, arch, data, state: dict | None, steps:
         base_weights=config.base_weights,
         freeze_base=config.freeze_base,
     )
+    model = training_model(model, augment=config.augment, seed=config.seed)
     compile_model(model, config, steps, total_epochs=config.epochs)
     return model, 0
 
@@ -691,7 +702,7 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         # the resume state is exact. No best.keras then: it would hold the raw
         # weights of the epoch whose EMA weights scored best.
         keras.callbacks.SwapEMAWeights() if config.ema_momentum else None,
-        C.BestCheckpoint(run_dir / "best.keras", best=best)
+        C.BestCheckpoint(run_dir / "best.keras", best=best, metadata=model_metadata(config, data))
         if data.val is not None and config.save_best and not config.ema_momentum else None,
         stop,
     ]
@@ -711,8 +722,11 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
     fit_seconds = time.perf_counter() - fit_t0
 
     # --- outputs --------------------------------------------------------
+    from kerasalex.models import inference_model
+
     history = C.read_history(run_dir)
-    files.save_model(model, run_dir / "model.keras", metadata=model_metadata(config, data))
+    # The inference model: stock layers, no augmentation, no optimizer, float32.
+    files.save_model(inference_model(model), run_dir / "model.keras", metadata=model_metadata(config, data), float32=True)
     if config.output:
         out = Path(config.output)
     else:

@@ -54,13 +54,16 @@ def _say(msg: str) -> None:
 
 
 def get_base(model) -> keras.Model:
-    """The nested base model (``vgg16``) of a transfer model.
+    """The nested base model (``vgg16``) of a transfer model (or of the
+    inference model inside a :func:`kerasalex.models.training_model`).
 
     Raises:
         ValueError: the model has no such layer.
     """
+    from kerasalex.models import inference_model
+
     try:
-        return model.get_layer(BASE_NAME)
+        return inference_model(model).get_layer(BASE_NAME)
     except ValueError:
         raise ValueError(
             f"model {model.name!r} has no {BASE_NAME!r} base layer; expected a kerasalex vgg16 transfer model"
@@ -68,7 +71,8 @@ def get_base(model) -> keras.Model:
 
 
 def split_model(model) -> tuple[keras.Model, keras.Model]:
-    """Splits a transfer model at the head's first layer (``flatten``).
+    """Splits a transfer model at the head's first layer (``flatten``); a
+    :func:`kerasalex.models.training_model` is split without its front.
 
     Returns:
         ``(features, head)``: ``features`` maps raw images to the base's output,
@@ -76,6 +80,9 @@ def split_model(model) -> tuple[keras.Model, keras.Model]:
         model's own layers (shared objects, shared weights), so training
         ``head`` trains ``model``, and ``model(x) == head(features(x))``.
     """
+    from kerasalex.models import inference_model
+
+    model = inference_model(model)
     # Node 0 of `flatten` is its call inside `model` (later nodes belong to
     # head models built by earlier calls).
     boundary = model.get_layer(HEAD_START).input
@@ -90,7 +97,7 @@ def base_is_frozen(model) -> bool:
 
 
 def has_augmentation(model) -> bool:
-    """True when the model has training-only augmentation layers."""
+    """True when the model (its training front) has augmentation layers."""
     return any(layer.name.startswith("augment") for layer in model.layers)
 
 

@@ -524,8 +524,9 @@ def _objective_direction(objective: str) -> str:
 class KerasalexHyperModel(keras_tuner.HyperModel):
     """Builds and trains one architecture of the model table per trial.
 
-    ``build(hp)`` calls the architecture's builder (hyperparameters ``augment``
-    and ``dropout`` are its arguments) and compiles with
+    ``build(hp)`` calls the architecture's builder (``dropout`` is its
+    argument), puts the augmentation front before it when ``augment``
+    (:func:`kerasalex.models.training_model`) and compiles with
     :func:`kerasalex.training.compile_model`; ``fit`` trains through the same
     loop as ``train``, with early stopping on the objective.
 
@@ -569,7 +570,7 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         from kerasalex.data import steps_per_epoch
-        from kerasalex.models import build_model
+        from kerasalex.models import build_model, training_model
         from kerasalex.training import compile_model
 
         config = self.trial_config(hp)
@@ -580,13 +581,14 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
             num_classes=self.data.num_classes,
             input_shape=self.data.image_shape,
             class_names=self.data.class_names,
-            augment=config.augment,
             dropout=config.dropout,
             seed=seed,
             weights=config.weights,
             base_weights=config.base_weights,
             freeze_base=config.freeze_base,
         )
+        # The augmentation front (training only), as in `train`.
+        model = training_model(model, augment=config.augment, seed=seed)
         epochs, initial = self.trial_epochs(hp, self.max_epochs)
         steps = steps_per_epoch(len(self.data.train), config.batch_size)
         # The schedule spans the epochs this trial runs (a Hyperband round

@@ -35,6 +35,24 @@ def run_python(code: str, cwd=None, timeout=300, env=None) -> subprocess.Complet
     )
 
 
+# Prepended to run_python code: a Python where `import kerasalex` fails,
+# however it is installed (editable install, PYTHONPATH, current folder).
+BLOCK_KERASALEX = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "kerasalex" or name.startswith("kerasalex."):
+            raise ImportError("kerasalex is blocked in this test")
+        return None
+sys.meta_path.insert(0, _Block())
+try:
+    import kerasalex  # noqa: F401
+    raise SystemExit("kerasalex was importable")
+except ImportError:
+    pass
+"""
+
+
 def run_kerasalex(args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
     """Runs the real ``kerasalex`` CLI in a subprocess (``python -m kerasalex``)."""
     e = _environment(env)

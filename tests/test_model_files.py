@@ -480,17 +480,30 @@ def test_metadata_travels_inside_the_archive_and_plain_keras_ignores_it(tmp_path
     files.save_model(tiny_model(), path, metadata={"class_names": ["a", "b"], "note": "x"})
     assert files.read_model_metadata(path) == {"class_names": ["a", "b"], "note": "x"}
     files.check_model_file(path)
-    # Keras loads the file as it loads its own (the member is ignored).
+    # Inside Keras's own metadata.json: Keras's three members, no fourth (with
+    # more than three, Keras extracts the whole archive to disk on each load).
+    members = read_members(path)
+    assert sorted(members) == ["config.json", "metadata.json", "model.weights.h5"]
+    meta = json.loads(members["metadata.json"])
+    assert meta["kerasalex"] == {"class_names": ["a", "b"], "note": "x"} and "keras_version" in meta
+    # Keras loads the file as it loads its own (the entry is ignored).
     import kerasalex.preprocessing  # noqa: F401
 
     model = keras.saving.load_model(path, safe_mode=True)
     assert model.output_shape == (None, 2)
-    # A model without the member reads as {}; a member that is not an object is refused.
+    # A model without the entry reads as {}; an entry that is not an object is refused.
     plain = tmp_path / "plain.keras"
     files.save_model(tiny_model(), plain)
     assert files.read_model_metadata(plain) == {}
-    members = read_members(path)
-    members["kerasalex.json"] = b"[1, 2]"
+    members["metadata.json"] = json.dumps({**meta, "kerasalex": [1, 2]}).encode()
     bad = write_members(tmp_path / "bad.keras", members)
     with pytest.raises(files.ModelFileError, match="not a JSON object"):
         files.read_model_metadata(bad)
+    # Files of earlier versions kept it in a kerasalex.json member: still read.
+    legacy = read_members(plain)
+    legacy["kerasalex.json"] = json.dumps({"class_names": ["x", "y"]}).encode()
+    old = write_members(tmp_path / "old.keras", legacy)
+    assert files.read_model_metadata(old) == {"class_names": ["x", "y"]}
+    from kerasalex.models import get_class_names
+
+    assert get_class_names(files.load_model(old)) == ["x", "y"]

@@ -128,18 +128,22 @@ def test_seed_states_survive_a_process_that_numbered_layers_differently():
     their state; ours are keyed by layer, so a model built after others (as in
     a resuming process) gets them back."""
     from kerasalex import callbacks as C
+    from kerasalex.models import training_model
     from kerasalex.models.alexnet import build_alexnet
 
-    first = build_alexnet(10, (16, 16, 3), augment=True, dropout=0.5, seed=0)
+    def trainer(augment):  # what train() fits: the model behind its augmentation front
+        return training_model(build_alexnet(10, (16, 16, 3), dropout=0.5, seed=0), augment=augment, seed=0)
+
+    first = trainer(True)
     for gen in C._seed_generators(first).values():
         gen.state.assign(np.array([5, 9], dtype=gen.state.dtype))
     saved = json.loads(json.dumps(C.seed_states(first)))
     assert set(saved) == {"augment_flip/0", "augment_translate/0", "fc1_dropout/0", "fc2_dropout/0"}
-    second = build_alexnet(10, (16, 16, 3), augment=True, dropout=0.5, seed=0)
+    second = trainer(True)
     assert [v.path for v in second.variables if "seed" in v.path] != [v.path for v in first.variables if "seed" in v.path]
     C.restore_seed_states(second, saved)
     assert C.seed_states(second) == saved
-    other = build_alexnet(10, (16, 16, 3), augment=False, dropout=0.5, seed=0)
+    other = trainer(False)
     with pytest.raises(ValueError, match="another model"):
         C.restore_seed_states(other, saved)
 

@@ -66,9 +66,9 @@ def test_layer_names_mirror_torch_keys(model10):
         assert (layer.padding, layer.kernel_size, layer.strides) == ("valid", (k, k), (s, s))
     assert type(model10.get_layer("avgpool")).__name__ == "AdaptiveAveragePooling2D"
     assert model10.get_layer("classifier_6").dtype_policy.compute_dtype == "float32"
-    # Preprocessing is inside: raw uint8 in, resize + crop + normalize before the stack.
-    assert model10.input.dtype == "uint8"
-    assert names[:4] == ["image", "resize", "center_crop", "normalize"]
+    # Preprocessing is inside: raw uint8 of any size in, normalize + resize + crop before the stack.
+    assert model10.input.dtype == "uint8" and model10.input_shape == (None, None, None, 3)
+    assert names[:4] == ["image", "normalize", "resize", "center_crop"]
     assert model10.get_layer("features_0_pad").input.shape[1:] == (224, 224, 3)
 
 
@@ -83,7 +83,7 @@ def test_32px_uint8_forward_is_finite(model10):
 def test_normalization_is_torchvision_imagenet(model10):
     import keras
 
-    upto = keras.Model(model10.input, model10.get_layer("normalize").output)
+    upto = keras.Model(model10.input, model10.get_layer("center_crop").output)
     value = 200
     x = np.full((1, 32, 32, 3), value, dtype=np.uint8)
     got = np.asarray(upto(x))
@@ -138,9 +138,10 @@ def test_freeze_base_freezes_the_five_convs_only():
 def test_one_training_step_at_32px(freeze_base):
     import keras
 
-    model = build_torch_alexnet(
-        10, input_shape=(32, 32, 3), augment=True, seed=1, freeze_base=freeze_base, **SMALL
-    )
+    from kerasalex.models import training_model
+
+    model = training_model(build_torch_alexnet(10, input_shape=(32, 32, 3), seed=1, freeze_base=freeze_base, **SMALL),
+                           augment=True, seed=1)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -44,11 +44,14 @@ def _config(tmp_path, **kw):
     return TrainConfig(**values)
 
 
-def _compiled(config, data, **build):
+def _compiled(config, data, augment=False, **build):
+    """The model train() fits: the inference model behind the training front."""
+    from kerasalex.models import training_model
     from kerasalex.training import compile_model
 
     keras.utils.set_random_seed(0)
-    model = V.build_vgg16_transfer(data.num_classes, **{**SMALL, **build})
+    model = training_model(V.build_vgg16_transfer(data.num_classes, **{**SMALL, **build}), augment=augment,
+                           seed=build.get("seed"))
     steps = -(-len(data.train) // config.batch_size)
     return compile_model(model, config, steps, total_epochs=config.epochs)
 
@@ -80,25 +83,31 @@ def test_parameter_counts_at_224_are_the_studys():
 def test_layer_stack_and_in_model_preprocessing():
     model = V.build_vgg16_transfer(3, input_shape=(16, 16, 3), input_size=32, base_weights=None, dropout=0.5, seed=1)
     names = [l.name for l in model.layers]
-    assert names == ["image", "resize", "rgb_to_bgr", "normalize", "vgg16", "flatten", "fc1", "fc1_dropout",
-                     "fc2", "fc2_dropout", "predictions", "class_names"]
-    assert model.input.dtype == "uint8"
+    assert names == ["image", "normalize", "resize", "vgg16", "flatten", "fc1", "fc1_dropout",
+                     "fc2", "fc2_dropout", "predictions"]
+    assert [type(op).__name__ for op in model.operations[1:4]] == ["Normalization", "Flip", "Resizing"]
+    assert model.input.dtype == "uint8" and model.input_shape == (None, None, None, 3)
     base = model.get_layer("vgg16")
     assert isinstance(base, keras.Model) and not base.trainable and not base.trainable_weights
     assert base.get_layer("block5_conv1") is not None
     # The frozen base is called with training=False, and that survives serialization.
     node = next(l for l in model.get_config()["layers"] if l["name"] == "vgg16")["inbound_nodes"][0]
     assert node["kwargs"]["training"] is False
-    # resize + rgb_to_bgr + normalize == tf.image.resize + vgg16.preprocess_input
+    # normalize + flip == vgg16.preprocess_input, bit for bit (stock Keras, no ChannelReverse)
     import tensorflow as tf
 
     x = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    ours = keras.Model(model.input, model.get_layer("normalize").output).predict(x, verbose=0)
+    ours = keras.Model(model.input, model.get_layer("resize").input).predict(x, verbose=0)
+    np.testing.assert_array_equal(ours, keras.applications.vgg16.preprocess_input(x.astype("float32")))
+    # + resize == tf.image.resize + preprocess_input (the affine map commutes with the resize)
+    ours = keras.Model(model.input, model.get_layer("resize").output).predict(x, verbose=0)
     ref = keras.applications.vgg16.preprocess_input(tf.image.resize(x.astype("float32"), (32, 32)).numpy())
     np.testing.assert_allclose(ours, ref, atol=1e-3)
-    # no resize when the images already have the base's size
+    # images of the base's size pass the resize unchanged
     same = V.build_vgg16_transfer(3, **SMALL)
-    assert "resize" not in [l.name for l in same.layers]
+    y = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    ours = keras.Model(same.input, same.get_layer("resize").output).predict(y, verbose=0)
+    np.testing.assert_array_equal(ours, keras.applications.vgg16.preprocess_input(y.astype("float32")))
 
 
 @pytest.mark.parametrize(

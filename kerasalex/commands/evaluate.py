@@ -98,9 +98,14 @@ def predict(model, images, top_k, plot, resize, as_json):
     is named on stderr and the others are still predicted; the exit status is
     then 3 (1 when nothing could be predicted).
 
+    MODEL is a .keras file, or what `kerasalex export` wrote: a SavedModel
+    folder, a .tflite or an .onnx file (run in TensorFlow, the LiteRT
+    interpreter or onnxruntime).
+
     \b
-    Example:
+    Examples:
       kerasalex predict saved_models/run.keras cat.jpg dog.png --top-k 3 --plot preds.png
+      kerasalex predict saved_models/run.tflite cat.jpg
     """
     import sys
 

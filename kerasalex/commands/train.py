@@ -34,7 +34,7 @@ def train_options(f):
         click.option("--label-smoothing", type=float, default=None, help="Label smoothing [recipe]."),
         click.option("--dropout", type=float, default=None, help="Dropout in the classifier [recipe]."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Learning-rate schedule [recipe]."),
-        click.option("--augment/--no-augment", default=None, help="Random flip + translation in the model [recipe]."),
+        click.option("--augment/--no-augment", default=None, help="Random flip + translation while training (not in the saved model) [recipe]."),
         click.option("--ema-momentum", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
                      help="Exponential moving average of the weights, momentum per step; 0 = off [recipe]."),
         click.option("--val-split", type=float, default=None, help="Fraction of training data held out for validation [0.1]."),

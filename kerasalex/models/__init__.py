@@ -3,11 +3,21 @@
 Adding an architecture costs one module with a ``build_*`` function, one row
 in :data:`ARCHITECTURES` and one row in the tests' model table.
 
-Every builder is a plain function returning a functional ``keras.Model`` whose
-input is raw uint8 RGB images and whose output is float32 logits followed by a
-:class:`kerasalex.preprocessing.ClassNames` identity that carries the class
-names. They share these arguments: ``num_classes``, ``input_shape``,
-``class_names``, ``augment``, ``seed``; architecture-specific arguments follow.
+Every builder is a plain function returning the *inference* model: a
+functional ``keras.Model`` of stock Keras layers only, whose input is raw
+uint8 RGB images of any size (it resizes them itself) and whose output is
+float32 logits. Its class names and the image size it is fed at ride on the
+model object (:func:`get_class_names`, :func:`get_image_shape`) and are
+written into the ``.keras`` archive by :func:`kerasalex.files.save_model`. The
+builders share these arguments: ``num_classes``, ``input_shape`` (the size
+images are fed at), ``class_names``, ``seed``; architecture-specific
+arguments follow.
+
+Training-only augmentation is not in it: :func:`training_model` puts the
+augmentation front before it for ``fit``, and :func:`inference_model` takes
+it back out, so every file a user gets holds the inference model, and
+``model(x)``, ``model.predict(x)`` and every exported graph compute the same
+deterministic function.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,23 +123,129 @@ def build_model(arch: str, **kwargs):
     return get_architecture(arch).build(**kwargs)
 
 
+# --------------------------------------------------------------------------
+# What a model object knows about itself (written to / read from the
+# archive's metadata.json by kerasalex.files.save_model / load_model)
+# --------------------------------------------------------------------------
+
+_INFO_ATTR = "_kerasalex_info"
+
+
+def _info(model) -> dict:
+    return getattr(model, _INFO_ATTR, None) or {}
+
+
+def set_model_info(model, class_names: Sequence[str] | None = None, image_shape: Sequence[int | None] | None = None):
+    """Attaches the class names and the image shape it is fed at to ``model``
+    (a plain attribute, outside Keras's tracking; returns ``model``)."""
+    info = dict(_info(model))
+    if class_names is not None:
+        info["class_names"] = [str(c) for c in class_names]
+    if image_shape is not None:
+        info["image_shape"] = [None if d is None else int(d) for d in image_shape]
+    object.__setattr__(model, _INFO_ATTR, info)
+    return model
+
+
 def get_class_names(model) -> list[str]:
-    """The class names a kerasalex model carries (its ``class_names`` layer)."""
+    """The class names of a kerasalex model: those attached by its builder or
+    read from its file (:func:`kerasalex.files.read_model_metadata`), else a legacy ``class_names``
+    layer's, else "0".."n-1"."""
+    names = _info(model).get("class_names")
+    if names:
+        return list(names)
     from kerasalex.preprocessing import ClassNames
 
-    for layer in reversed(model.layers):
-        if isinstance(layer, ClassNames):
-            return list(layer.class_names)
+    for m in (model, inference_model(model)):
+        for layer in reversed(m.layers):
+            if isinstance(layer, ClassNames) and layer.class_names:
+                return list(layer.class_names)
     n = int(model.output_shape[-1])
     return [str(i) for i in range(n)]
 
 
 def get_image_shape(model) -> tuple:
-    """The (H, W, C) input shape of a model (H, W may be None)."""
+    """The (H, W, 3) a model is fed at: what its builder or file recorded,
+    else its input shape (H, W may be None; the models resize any size)."""
+    shape = _info(model).get("image_shape")
+    if shape:
+        return tuple(shape)
     shape = model.input_shape
     if isinstance(shape, list):
         shape = shape[0]
     return tuple(shape[1:])
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "build_model", "get_architecture", "get_class_names", "get_image_shape"]
+def model_info(model) -> dict:
+    """``{"class_names": [...], "image_shape": [...]}`` of ``model`` (what
+    :func:`kerasalex.files.save_model` writes into the archive's metadata)."""
+    return {"class_names": get_class_names(model), "image_shape": list(get_image_shape(model))}
+
+
+# --------------------------------------------------------------------------
+# Training front: augmentation for fit only
+# --------------------------------------------------------------------------
+
+TRAINING_SUFFIX = "_training"
+
+
+def training_model(model, augment: bool = False, seed: int | None = None):
+    """The model ``fit`` trains: ``model`` nested behind the training-only
+    augmentation front (random flip + translation when ``augment``).
+
+    The two share every weight, so training this trains ``model``; the
+    front's layers exist only here, so ``model`` (what :func:`inference_model`
+    returns, and what every user-facing file holds) never augments. The
+    resume state saves this model, with its optimizer and random-layer states.
+
+    Args:
+        model: an inference model from a builder (uncompiled).
+        augment: add the augmentation front.
+        seed: the augmentation layers' seed (``seed``, ``seed + 1``).
+    """
+    import keras
+
+    from kerasalex import preprocessing
+
+    if is_training_model(model):
+        raise ValueError(f"model {model.name!r} is already a training model")
+    inputs = keras.Input(shape=tuple(model.input.shape[1:]), dtype=model.input.dtype, name="image")
+    x = preprocessing.augment(inputs, augment, seed)
+    trainer = keras.Model(inputs, model(x), name=f"{model.name}{TRAINING_SUFFIX}")
+    object.__setattr__(trainer, _INFO_ATTR, dict(_info(model)))
+    return trainer
+
+
+def is_training_model(model) -> bool:
+    """Whether ``model`` is a :func:`training_model` front around an inference model."""
+    name = getattr(model, "name", "") or ""
+    if not name.endswith(TRAINING_SUFFIX):
+        return False
+    inner = name[: -len(TRAINING_SUFFIX)]
+    return any(layer.name == inner and hasattr(layer, "layers") for layer in getattr(model, "layers", ()))
+
+
+def inference_model(model):
+    """The inference model inside a :func:`training_model` (``model`` itself
+    when it is not one); it carries the front's class names and image shape."""
+    if not is_training_model(model):
+        return model
+    inner = model.get_layer(model.name[: -len(TRAINING_SUFFIX)])
+    if _info(model) and not _info(inner):
+        object.__setattr__(inner, _INFO_ATTR, dict(_info(model)))
+    return inner
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "build_model",
+    "get_architecture",
+    "get_class_names",
+    "get_image_shape",
+    "inference_model",
+    "is_training_model",
+    "model_info",
+    "set_model_info",
+    "training_model",
+]

@@ -8,13 +8,13 @@ import keras
 from keras import layers
 
 from kerasalex import preprocessing
+from kerasalex.models import set_model_info
 
 
 def build_alexnet(
     num_classes: int = 10,
     input_shape: Sequence[int] = (32, 32, 3),
     class_names: Sequence[str] | None = None,
-    augment: bool = False,
     dropout: float = 0.0,
     seed: int | None = None,
     kernel_initializer: str = "glorot_uniform",
@@ -28,28 +28,29 @@ def build_alexnet(
     Dense 4096 ReLU, Dense ``num_classes`` (logits). At 32x32x3 with 10
     classes: 29,585,290 parameters.
 
-    The input is raw uint8 RGB; rescaling to [-1, 1] (as the study) and the
-    optional training-only augmentation are layers inside the model.
+    The input is raw uint8 RGB images of any size: ``rescale`` to [-1, 1] (as
+    the study) and ``resize`` (bilinear, to ``input_shape``; an exact identity
+    at that size) are layers inside the model. Training-only augmentation is not: see
+    :func:`kerasalex.models.training_model`.
 
     Args:
         num_classes: number of classes (>= 2).
-        input_shape: (height, width, 3); each side at least 16.
-        class_names: names carried in the saved model (default "0".."n-1").
-        augment: add random flip + translation (training only).
+        input_shape: (height, width, 3) the network runs at (images of other
+            sizes are resized to it); each side at least 16.
+        class_names: names saved with the model (default "0".."n-1").
         dropout: dropout rate before each hidden Dense (0 = the study).
-        seed: seed for the augmentation and dropout layers.
+        seed: seed for the dropout layers.
         kernel_initializer: initializer of every Conv2D/Dense kernel below
             the classifier (a Keras initializer name). ``"glorot_uniform"``
-            (Keras' default, the study) scales a ReLU stack's signal down
-            at every layer; ``"he_normal"`` (He et al. 2015, "Delving Deep into
-            Rectifiers") keeps its variance, which this BatchNorm-free stack
-            needs to leave the chance plateau within a few hundred steps.
+            (Keras' default, the study) shrinks this ReLU stack's signal at
+            every layer (logits of RMS 0.03 at 32 px: SGD sits on the chance
+            plateau for hundreds of steps); ``"he_normal"`` (He et al. 2015)
+            keeps it but makes the first full-rate steps blow up the logits;
+            ``"lecun_normal"`` (variance 1/fan_in), the default recipe's,
+            sits between (measured, README "Recipes").
         head_initializer: initializer of the last Dense (the logits).
-            ``"zeros"`` starts every prediction uniform, at loss ln(classes),
-            as ViT's zero-initialized head (Dosovitskiy et al. 2021): with
-            He-initialized hidden layers a random head starts with logits of
-            RMS ~3 (measured at 32 px), a loss far above ln(classes), and
-            the first steps go to shrinking them.
+            ``"zeros"`` starts every prediction uniform, at loss
+            ln(classes), as ViT's zero-initialized head (Dosovitskiy et al. 2021).
         name: model name.
 
     Example:
@@ -61,17 +62,21 @@ def build_alexnet(
         raise ValueError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3). Received: input_shape={input_shape}")
     h, w = input_shape[0], input_shape[1]
     for side in (h, w):
-        if side is not None and side < 16:
+        if side is None or side < 16:
             raise ValueError(
-                f"the scratch AlexNet needs inputs of at least 16x16 (three 3/2 max-pools). Received: input_shape={tuple(input_shape)}"
+                f"the scratch AlexNet needs a known input size of at least 16x16 (three 3/2 max-pools). Received: input_shape={input_shape}"
             )
+    class_names = preprocessing.check_class_names(class_names, num_classes)
 
     # === Functional Model ===
-    inputs = preprocessing.image_input(input_shape)
-    x = preprocessing.augment(inputs, augment, seed)
-    x = preprocessing.rescale_symmetric(x)
+    inputs = preprocessing.image_input()
+    x = preprocessing.rescale_symmetric(inputs)
+    x = preprocessing.resize(x, h, w)
 
     x = layers.Conv2D(96, 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block1_conv1")(x)
     x = layers.MaxPooling2D(3, strides=2, name="block1_pool")(x)
@@ -90,5 +95,5 @@ def build_alexnet(
         x = layers.Dropout(dropout, seed=None if seed is None else seed + 2, name="fc2_dropout")(x)
     x = layers.Dense(4096, activation="relu", kernel_initializer=kernel_initializer, name="fc2")(x)
     logits = layers.Dense(num_classes, kernel_initializer=head_initializer, name="predictions", dtype="float32")(x)
-    outputs = preprocessing.class_names_head(logits, class_names, num_classes)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, logits, name=name)
+    return set_model_info(model, class_names, input_shape)

@@ -25,6 +25,7 @@ import keras
 from keras import layers
 
 from kerasalex import preprocessing
+from kerasalex.models import set_model_info
 
 # torchvision.models.AlexNet.features: (torch index, filters, kernel, stride, padding).
 CONVS = (
@@ -127,7 +128,6 @@ def build_torch_alexnet(
     num_classes: int = 1000,
     input_shape: Sequence[int] = (224, 224, 3),
     class_names: Sequence[str] | None = None,
-    augment: bool = False,
     dropout: float = 0.5,
     seed: int | None = None,
     weights: str | None = None,
@@ -138,24 +138,27 @@ def build_torch_alexnet(
 ) -> keras.Model:
     """torchvision's AlexNet with its preprocessing inside: raw uint8 in, logits out.
 
-    Layers: the optional training-only augmentation; ``resize`` (bilinear
-    resize to ``resize`` x ``resize``, torchvision's ``Resize`` for square
-    images) and ``center_crop`` to ``crop`` x ``crop``; ``normalize``
-    (``(x / 255 - mean) / std`` with the ImageNet mean and std); then exactly
+    Layers: ``normalize`` (``(x / 255 - mean) / std`` with the ImageNet mean
+    and std); ``resize`` (bilinear resize to ``resize`` x ``resize``,
+    torchvision's ``Resize`` for square images) and ``center_crop`` to
+    ``crop`` x ``crop`` (torchvision's eval transform: the normalization, a
+    per-channel affine map, commutes with both); then exactly
     torchvision's stack -- ``features_0`` .. ``features_12`` (convolutions with
     explicit symmetric ``ZeroPadding2D`` named ``features_<i>_pad``), ``avgpool``
     (adaptive average pool to 6x6, exact for any size), ``flatten``,
-    ``classifier_0`` .. ``classifier_6`` -- and the ``class_names`` identity.
-    With 1000 classes: 61,100,840 parameters.
+    ``classifier_0`` .. ``classifier_6`` (float32 logits). The input takes
+    uint8 images of any size. Training-only augmentation is not in the model:
+    see :func:`kerasalex.models.training_model`. With 1000 classes:
+    61,100,840 parameters.
 
     Args:
         num_classes: number of classes (>= 2).
-        input_shape: (height, width, 3) of the raw images; each side at least
-            8 or None (e.g. 32x32 CIFAR-10 images: the model resizes them).
-        class_names: names carried in the saved model (default "0".."n-1").
-        augment: add random flip + translation before the resize (training only).
+        input_shape: (height, width, 3) of the raw images it is fed (e.g.
+            32x32 CIFAR-10 images; the model resizes any size); each side at
+            least 8 or None.
+        class_names: names saved with the model (default "0".."n-1").
         dropout: rate of ``classifier_0`` and ``classifier_3`` (torchvision: 0.5).
-        seed: seed for the augmentation and dropout layers.
+        seed: seed for the dropout layers.
         weights: None (random initialization), or the path of a ported
             ``.weights.h5`` (1000 classes) or full ``.keras`` model written by
             ``kerasalex port-weights``. Every layer except the head
@@ -185,20 +188,24 @@ def build_torch_alexnet(
             f"resize={resize}. Received: crop={crop}"
         )
     input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3). Received: input_shape={input_shape}")
     for side in input_shape[:2]:
         if side is not None and int(side) < 8:
             raise ValueError(f"input sides must be at least 8 pixels. Received: input_shape={input_shape}")
     if weights is not None and not isinstance(weights, (str, Path)):
         raise ValueError(f"weights must be None or a path to a .weights.h5 or .keras file. Received: weights={weights!r}")
+    class_names = preprocessing.check_class_names(class_names, num_classes)
 
     # === Functional Model ===
-    inputs = preprocessing.image_input(input_shape)
-    x = preprocessing.augment(inputs, augment, seed)
+    inputs = preprocessing.image_input()
+    # Normalizing first (per-channel affine: the same function as after the
+    # resize and crop) gives the resize float input; see preprocessing.resize.
+    x = preprocessing.imagenet_normalize(inputs)
     x = preprocessing.resize_center_crop(x, resize, crop)
-    x = preprocessing.imagenet_normalize(x)
     logits = _alexnet_stack(x, num_classes, dropout, seed)
-    outputs = preprocessing.class_names_head(logits, class_names, num_classes)
-    model = keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, logits, name=name)
+    set_model_info(model, class_names, input_shape)
 
     if weights is not None:
         copy_base_weights(load_pretrained(weights), model)

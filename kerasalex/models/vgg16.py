@@ -19,6 +19,7 @@ from keras import layers
 
 from kerasalex import preprocessing
 from kerasalex.files import error_line
+from kerasalex.models import set_model_info
 
 BASE_NAME = "vgg16"
 HEAD_START = "flatten"
@@ -97,7 +98,6 @@ def build_vgg16_transfer(
     num_classes: int = 10,
     input_shape: Sequence[int] = (32, 32, 3),
     class_names: Sequence[str] | None = None,
-    augment: bool = False,
     dropout: float = 0.0,
     seed: int | None = None,
     base_weights: str | os.PathLike | None = "imagenet",
@@ -108,24 +108,26 @@ def build_vgg16_transfer(
 ) -> keras.Model:
     """The study's VGG16 transfer model: raw uint8 images in, logits out.
 
-    Layers: the optional training-only augmentation; ``resize`` (bilinear, to
-    ``input_size`` x ``input_size``; omitted when the input already has that
-    size); ``rgb_to_bgr`` + ``normalize`` (exactly
-    ``keras.applications.vgg16.preprocess_input``); ``vgg16``, the nested base,
-    called with ``training=False``; then the head: ``flatten``, ``fc1`` ..
-    ``fcN`` (Dense ReLU, one per entry of ``head``, each followed by
-    ``fcK_dropout`` when ``dropout`` > 0), ``predictions`` (float32 logits)
-    and the ``class_names`` identity. At 224 px with 10 classes and the
+    Layers: ``normalize`` + a channel flip (exactly
+    ``keras.applications.vgg16.preprocess_input``, in stock Keras, see
+    :func:`kerasalex.preprocessing.vgg_preprocess`); ``resize`` (bilinear, to
+    ``input_size`` x ``input_size``; the input takes uint8 images of any size,
+    and the caffe normalization commutes with the resize); ``vgg16``, the nested
+    base, called with ``training=False``; then the head: ``flatten``, ``fc1``
+    .. ``fcN`` (Dense ReLU, one per entry of ``head``, each followed by
+    ``fcK_dropout`` when ``dropout`` > 0) and ``predictions`` (float32
+    logits). Training-only augmentation is not in the model: see
+    :func:`kerasalex.models.training_model`. At 224 px with 10 classes and the
     study's head: 27,828,042 parameters, 13,113,354 of them trainable with
     the base frozen.
 
     Args:
         num_classes: number of classes (>= 2).
-        input_shape: (height, width, 3) of the raw images the model takes.
-        class_names: names carried in the saved model (default "0".."n-1").
-        augment: add random flip + translation (training only) before the resize.
+        input_shape: (height, width, 3) of the raw images it is fed (the
+            model resizes any size).
+        class_names: names saved with the model (default "0".."n-1").
         dropout: dropout rate after each hidden Dense of the head (0 = the study).
-        seed: seed for the augmentation and dropout layers.
+        seed: seed for the dropout layers.
         base_weights: ``"imagenet"``, ``None``/``"none"`` or a local notop
             ``.h5`` path; see :func:`build_vgg16_base`.
         input_size: side the images are resized to inside the model (>= 32).
@@ -149,13 +151,15 @@ def build_vgg16_transfer(
     head = tuple(head)
     if not all(isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in head):
         raise ValueError(f"head must be a sequence of positive unit counts. Received: head={head!r}")
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3). Received: input_shape={input_shape}")
+    class_names = preprocessing.check_class_names(class_names, num_classes)
 
     # === Functional Model ===
-    inputs = preprocessing.image_input(input_shape)
-    x = preprocessing.augment(inputs, augment, seed)
-    if tuple(input_shape[:2]) != (input_size, input_size):
-        x = layers.Resizing(input_size, input_size, interpolation="bilinear", name="resize")(x)
-    x = preprocessing.vgg_preprocess(x)
+    inputs = preprocessing.image_input()
+    x = preprocessing.vgg_preprocess(inputs)
+    x = preprocessing.resize(x, input_size, input_size)
     base = build_vgg16_base(input_size, base_weights)
     base.trainable = not freeze_base
     # training=False: the base runs in inference mode even while it is being
@@ -168,5 +172,5 @@ def build_vgg16_transfer(
         if dropout:
             x = layers.Dropout(dropout, seed=None if seed is None else seed + 1 + i, name=f"fc{i}_dropout")(x)
     logits = layers.Dense(num_classes, name="predictions", dtype="float32")(x)
-    outputs = preprocessing.class_names_head(logits, class_names, num_classes)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, logits, name=name)
+    return set_model_info(model, class_names, input_shape)

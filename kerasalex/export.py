@@ -1,0 +1,625 @@
+"""Export a ``.keras`` model to a TensorFlow SavedModel, LiteRT (``.tflite``)
+or ONNX, with Keras's own ``model.export``, and check the artifact against
+the original in the artifact's own runtime before keeping it.
+
+What is exported: the model's inference graph (``training=False``) followed
+by a stock ``Softmax``, computed in float32, so the artifact takes a batch of
+uint8 RGB images ``(N, H, W, 3)`` named ``image`` (H, W: the size the model
+was trained at) and returns ``probabilities`` ``(N, classes)``. Class names
+and the input contract travel with it, in ``kerasalex.json``:
+
+* SavedModel: ``PATH/assets.extra/kerasalex.json`` (the SavedModel folder's
+  place for files that are not part of the graph; TF Serving ignores it);
+* LiteRT, ONNX: ``PATH.json`` beside the file.
+
+The check runs a batch (``--dataset`` images, or seeded random images) through
+the ``.keras`` model (in float32) and through the artifact, loaded in
+TensorFlow, the LiteRT interpreter or onnxruntime; beyond
+:data:`MAX_PROB_DIFF` (float) or below :data:`MIN_QUANTIZED_AGREEMENT`
+(``--quantize``), or with random ops in the graph, nothing is written.
+
+Example:
+    >>> export_model("saved_models/digits.keras", "litert")["max_prob_diff"]
+    2.9e-07
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from kerasalex import files
+
+FORMATS = ("saved_model", "litert", "onnx")
+KERAS_FORMAT = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}
+RUNTIME = {"saved_model": "TensorFlow", "litert": "the LiteRT interpreter", "onnx": "onnxruntime"}
+# Python modules each format needs beyond TensorFlow (the converter and the runtime).
+REQUIRED_MODULES = {
+    "saved_model": (),
+    "litert": ("ai_edge_litert",),
+    "onnx": ("tf2onnx", "onnx", "onnxruntime"),
+}
+INSTALL_HINT = 'pip install "kerasalex[export]"'
+INFO_NAME = "kerasalex.json"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+# A float32 artifact must match the .keras model (run in float32) to this
+# max |probability difference| on the check batch. Measured on the three
+# architectures: at most ~1e-6 (see benchmarks/bench_export.py).
+MAX_PROB_DIFF = 1e-4
+# A dynamic-range int8 LiteRT file must agree with the .keras model on this
+# share of top-1 classes.
+MIN_QUANTIZED_AGREEMENT = 0.95
+CHECK_IMAGES = 64
+BATCH = 64
+_RANDOM_OP = re.compile(r"random|multinomial", re.IGNORECASE)
+
+
+class ExportError(ValueError):
+    """The export cannot be made or failed its check (one line, for the CLI)."""
+
+
+# --------------------------------------------------------------------------
+# Packages
+# --------------------------------------------------------------------------
+
+
+def missing_modules(fmt: str) -> list[str]:
+    """The Python modules ``fmt`` needs that cannot be imported here."""
+    missing = []
+    for name in REQUIRED_MODULES[fmt]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def check_packages(fmt: str) -> None:
+    """Raises one line naming the extra to install when ``fmt``'s packages are missing."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+    missing = missing_modules(fmt)
+    if missing:
+        raise ExportError(f"--format {fmt} needs {', '.join(missing)}, which is not installed: {INSTALL_HINT}")
+
+
+# --------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------
+
+
+def default_output(model_path: str | os.PathLike, fmt: str, quantize: bool = False) -> Path:
+    """``<stem>_saved_model/``, ``<stem>.tflite`` (``<stem>_int8.tflite``) or ``<stem>.onnx`` beside the model."""
+    model_path = Path(model_path)
+    stem = model_path.name[: -len(".keras")] if model_path.name.endswith(".keras") else model_path.stem
+    if fmt == "saved_model":
+        return model_path.with_name(f"{stem}_saved_model")
+    if fmt == "litert":
+        return model_path.with_name(f"{stem}_int8.tflite" if quantize else f"{stem}.tflite")
+    return model_path.with_name(f"{stem}.onnx")
+
+
+def info_path(artifact: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Where an artifact's ``kerasalex.json`` lives (see the module docstring)."""
+    artifact = Path(artifact)
+    fmt = fmt or artifact_format(artifact)
+    if fmt == "saved_model":
+        return artifact / "assets.extra" / INFO_NAME
+    return artifact.with_name(artifact.name + ".json")
+
+
+def artifact_format(path: str | os.PathLike) -> str:
+    """``saved_model`` (a folder with ``saved_model.pb``), ``litert`` (``.tflite``) or ``onnx`` (``.onnx``).
+
+    Raises:
+        ExportError: none of these.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "saved_model"
+        raise ExportError(f"{path} is a folder without saved_model.pb: not a SavedModel")
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        return "litert"
+    if suffix == ".onnx":
+        return "onnx"
+    raise ExportError(f"{path}: expected a .keras model, a SavedModel folder, a .tflite or an .onnx file")
+
+
+def _check_output(model_path: Path, output: Path, fmt: str, overwrite: bool) -> None:
+    if fmt == "litert" and output.suffix.lower() != ".tflite":
+        raise ExportError(f"a LiteRT file must end in .tflite. Received: -o {output}")
+    if fmt == "onnx" and output.suffix.lower() != ".onnx":
+        raise ExportError(f"an ONNX file must end in .onnx. Received: -o {output}")
+    if fmt == "saved_model" and output.suffix.lower() in (".keras", ".tflite", ".onnx", ".json"):
+        raise ExportError(f"a SavedModel is a folder; -o names it (not a {output.suffix} file). Received: -o {output}")
+    if output.resolve() == model_path.resolve():
+        raise ExportError(f"-o {output} is the model itself")
+    taken = [p for p in (output, info_path(output, fmt)) if p.exists() or p.is_symlink()]
+    if taken and not overwrite:
+        raise ExportError(f"{taken[0]} already exists; pass --overwrite to replace it")
+    if output.is_dir() and fmt != "saved_model":
+        raise ExportError(f"{output} is a folder; refused to replace it with a {fmt} file")
+    if output.exists() and output.is_file() and fmt == "saved_model":
+        raise ExportError(f"{output} is a file; refused to replace it with a SavedModel folder")
+    if fmt == "saved_model" and output.is_dir() and any(output.iterdir()) and not (output / "saved_model.pb").is_file():
+        raise ExportError(f"{output} is a folder that is not a SavedModel; refused to replace it")
+
+
+# --------------------------------------------------------------------------
+# The graph that is exported
+# --------------------------------------------------------------------------
+
+
+def float32_model(model):
+    """``model`` computing in float32 (a copy with the same weights when its
+    layers have a mixed-precision policy, as files written by earlier kerasalex versions from a
+    mixed-precision run; the weights are float32 either way). ONNX export
+    requires it; LiteRT and SavedModel get the same arithmetic."""
+    import keras
+
+    if all(getattr(layer.dtype_policy, "name", "float32") in ("float32", None) for layer in model._flatten_layers()):
+        return model
+    config = files.float32_policies(keras.saving.serialize_keras_object(model))
+    copy = keras.saving.deserialize_keras_object(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def export_graph(model, image_shape: Sequence[int]):
+    """The model that is exported: uint8 ``image`` (N, H, W, 3) -> the model
+    (called with ``training=False``, so no training-only layer runs) -> a
+    float32 ``Softmax`` named ``probabilities``. Stock layers only."""
+    import keras
+
+    h, w = int(image_shape[0]), int(image_shape[1])
+    inputs = keras.Input(shape=(h, w, 3), dtype="uint8", name=INPUT_NAME)
+    logits = model(inputs, training=False)
+    probs = keras.layers.Softmax(name=OUTPUT_NAME, dtype="float32")(logits)
+    return keras.Model(inputs, {OUTPUT_NAME: probs}, name=f"{model.name}_export")
+
+
+def _layer_index(model) -> dict[str, str]:
+    """Every (nested) layer name -> its class name."""
+    out = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        out.setdefault(layer.name, type(layer).__name__)
+    return out
+
+
+def _layer_of(op_path: str, layers: dict[str, str]) -> str | None:
+    """The innermost model layer named in a TensorFlow op path
+    (``export/odd_1/resize_odd_1/resize/ResizeBicubic``), Keras's ``_N``
+    name-scope suffixes allowed."""
+    found = None
+    for part in op_path.split("/"):
+        for name in (part, re.sub(r"_\d+$", "", part)):
+            if name in layers:
+                found = name
+                break
+    return found
+
+
+def _cannot_express(fmt: str, model, op: str, op_path: str) -> ExportError:
+    layers = _layer_index(model)
+    layer = _layer_of(op_path, layers)
+    where = f"layer {layer!r} ({layers[layer]})" if layer else "a layer of the model"
+    return ExportError(f"{fmt} cannot express {where}: its op {op} has no {fmt} equivalent; nothing written")
+
+
+def _litert_error(exc: Exception, model) -> ExportError:
+    text = str(exc)
+    m = re.search(r'fused\["(\w+):", "([^"@]+)', text)
+    op = re.search(r"'tf\.(\w+)' op is neither", text)
+    if m or op:
+        return _cannot_express("litert", model, (op.group(1) if op else m.group(1)), m.group(2) if m else "")
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return ExportError(f"the LiteRT converter failed ({type(exc).__name__}: {first}); nothing written")
+
+
+# --------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keras's and tf2onnx's chatter (tf2onnx logs the unsupported ops it meets; we raise instead)."""
+    import io
+
+    loggers = [logging.getLogger(n) for n in ("tf2onnx", "absl")]
+    levels = [l.level for l in loggers]
+    for l in loggers:
+        l.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for l, level in zip(loggers, levels):
+            l.setLevel(level)
+
+
+def _write(fmt: str, graph, model, target: Path, quantize: bool) -> None:
+    """``graph.export`` to ``target`` in ``fmt``; unsupported ops become one-line errors."""
+    import keras
+    import tensorflow as tf
+
+    spec = [keras.InputSpec(shape=(None, *graph.input.shape[1:]), dtype="uint8", name=INPUT_NAME)]
+    kwargs: dict[str, Any] = {}
+    if fmt == "litert":
+        # The stock interpreter's builtin ops only: no Select TF ops (Flex).
+        kwargs["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
+        if quantize:
+            kwargs["optimizations"] = [tf.lite.Optimize.DEFAULT]  # dynamic-range int8 weights
+    try:
+        with _quiet():
+            graph.export(str(target), format=KERAS_FORMAT[fmt], verbose=False, input_signature=spec, **kwargs)
+    except Exception as exc:
+        if fmt == "litert":
+            raise _litert_error(exc, model) from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ExportError(f"{fmt} export failed ({type(exc).__name__}: {first}); nothing written") from None
+    if fmt == "onnx":
+        _check_onnx_ops(target, model)
+
+
+def _check_onnx_ops(path: Path, model) -> None:
+    """tf2onnx keeps ops it cannot convert as they are (and logs them);
+    onnxruntime then refuses the file. Refuse here, naming the layer."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    for node in graph.node:
+        if not onnx.defs.has(node.op_type, node.domain or ""):
+            raise _cannot_express("onnx", model, node.op_type, node.name)
+
+
+# --------------------------------------------------------------------------
+# Running artifacts
+# --------------------------------------------------------------------------
+
+
+class Artifact:
+    """An exported model loaded in its own runtime.
+
+    Attributes:
+        path, format: the artifact.
+        info: its ``kerasalex.json`` ({} when there is none).
+        class_names: from ``info``, else "0".."n-1".
+        image_shape: (H, W, 3) the artifact takes.
+    """
+
+    def __init__(self, path: str | os.PathLike, fmt: str | None = None, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ExportError(f"model not found: {self.path}")
+        self.format = fmt or artifact_format(self.path)
+        check_packages(self.format)
+        self.threads = threads
+        self.info = self._read_info()
+        self._run: Callable[[np.ndarray], np.ndarray]
+        try:
+            shape, classes = getattr(self, f"_open_{self.format}")()
+        except ExportError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ExportError(f"{RUNTIME[self.format]} could not load {self.path} ({type(exc).__name__}: {first})") from None
+        self.image_shape = tuple(self.info.get("image_shape") or shape)
+        names = self.info.get("class_names")
+        self.class_names = list(names) if names and len(names) == classes else [str(i) for i in range(classes)]
+
+    def _read_info(self) -> dict:
+        p = info_path(self.path, self.format)
+        if not p.is_file():
+            return {}
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            raise ExportError(f"{p} is not JSON") from None
+        return data if isinstance(data, dict) else {}
+
+    # --- runtimes ----------------------------------------------------------
+
+    def _open_saved_model(self):
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(self.path))
+        fn = loaded.signatures["serving_default"]
+        (_, spec), = fn.structured_input_signature[1].items()
+        out_key = OUTPUT_NAME if OUTPUT_NAME in fn.structured_outputs else next(iter(fn.structured_outputs))
+        self._loaded, self._fn = loaded, fn
+        in_key = next(iter(fn.structured_input_signature[1]))
+        self._run = lambda x: fn(**{in_key: tf.constant(x)})[out_key].numpy()
+        return tuple(spec.shape[1:]), int(fn.structured_outputs[out_key].shape[-1])
+
+    def _open_litert(self):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interpreter = it = Interpreter(model_path=str(self.path), num_threads=self.threads)
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        if inp["dtype"] != np.uint8:
+            raise ExportError(f"{self.path} takes {np.dtype(inp['dtype']).name} input, not uint8 images")
+
+        def run(x):
+            if tuple(it.get_input_details()[0]["shape"]) != x.shape:
+                it.resize_tensor_input(inp["index"], list(x.shape))
+                it.allocate_tensors()
+            it.set_tensor(inp["index"], x)
+            it.invoke()
+            return np.array(it.get_tensor(out["index"]))
+
+        it.allocate_tensors()  # a Flex (Select TF) op fails here: the stock interpreter has none
+        self._run = run
+        return tuple(int(d) for d in inp["shape"][1:]), int(out["shape"][-1])
+
+    def _open_onnx(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        self._session = s = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        inp, out = s.get_inputs()[0], s.get_outputs()[0]
+        if inp.type != "tensor(uint8)":
+            raise ExportError(f"{self.path} takes {inp.type} input, not uint8 images")
+        self._run = lambda x: s.run([out.name], {inp.name: x})[0]
+        return tuple(int(d) for d in inp.shape[1:]), int(out.shape[-1])
+
+    # --- use -----------------------------------------------------------------
+
+    def predict(self, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+        """Class probabilities (N, classes) for uint8 images (N, H, W, 3) of :attr:`image_shape`."""
+        from kerasalex.preprocessing import check_images
+
+        x = check_images(x)
+        if tuple(x.shape[1:3]) != tuple(self.image_shape[:2]):
+            raise ExportError(
+                f"{self.path} takes {self.image_shape[0]}x{self.image_shape[1]} images; got {x.shape[1]}x{x.shape[2]}"
+            )
+        out = [np.asarray(self._run(np.ascontiguousarray(x[i : i + batch_size])), np.float32)
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def ops(self) -> list[str]:
+        """The op types in the artifact's graph (for the random-op check)."""
+        return graph_ops(self.path, self.format)
+
+
+def graph_ops(path: str | os.PathLike, fmt: str | None = None) -> list[str]:
+    """The op types of an artifact: TensorFlow ops of the SavedModel's serving
+    graph (with its functions), LiteRT builtin op names, ONNX op types."""
+    path = Path(path)
+    fmt = fmt or artifact_format(path)
+    if fmt == "saved_model":
+        import tensorflow as tf
+
+        fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+        gd = fn.graph.as_graph_def()
+        return sorted({n.op for n in gd.node} | {n.op for f in gd.library.function for n in f.node_def})
+    if fmt == "litert":
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        it = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        return sorted({d["op_name"] for d in it._get_ops_details()})
+    import onnx
+
+    return sorted({n.op_type for n in onnx.load(str(path)).graph.node})
+
+
+def random_ops(path: str | os.PathLike, fmt: str | None = None) -> list[str]:
+    """The random ops in an artifact's graph (there must be none)."""
+    return [op for op in graph_ops(path, fmt) if _RANDOM_OP.search(op)]
+
+
+# --------------------------------------------------------------------------
+# The check batch
+# --------------------------------------------------------------------------
+
+
+def check_batch(image_shape, dataset: str | None = None, data_dir: str | None = None, limit: int | None = None,
+                class_names: Sequence[str] | None = None, seed: int = 0):
+    """(images, labels or None, where): ``limit`` images of ``dataset``'s test
+    split (an image folder without ``test/``: its held-out validation slice),
+    or :data:`CHECK_IMAGES` seeded random images."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    if dataset is None:
+        n = limit or CHECK_IMAGES
+        x = np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+        return x, None, f"{n} random images"
+    from kerasalex.compare import evaluation_split
+    from kerasalex.data import carve_validation, load_data
+    from kerasalex.evaluation import check_classes
+
+    data = load_data(dataset, data_dir, image_size=h)
+    if class_names is not None:
+        check_classes(class_names, data.class_names, "the model", dataset)
+    if evaluation_split(dataset) == "val":
+        split, where = carve_validation(data, 0.1).val, f"{data.name}, held-out validation slice"
+    else:
+        split, where = data.test, f"{data.name} test"
+    if split is None or not len(split):
+        raise ExportError(f"dataset {dataset} has no test images to check the export on")
+    x, y = split.x, split.y
+    n = min(len(y), limit or 256)
+    if x.shape[1:3] != (h, w):
+        from PIL import Image
+
+        x = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in x[:n]])
+    return np.ascontiguousarray(x[:n]), np.asarray(y[:n]), f"{n} images of {where}"
+
+
+def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """Max |probability difference|, top-1 agreement and, with labels, both accuracies."""
+    out = {
+        "images": int(len(reference)),
+        "max_prob_diff": float(np.abs(reference - probs).max()) if len(reference) else 0.0,
+        "top1_agreement": float(np.mean(reference.argmax(1) == probs.argmax(1))) if len(reference) else 1.0,
+    }
+    if labels is not None and len(labels):
+        out["keras_accuracy"] = float(np.mean(reference.argmax(1) == labels))
+        out["export_accuracy"] = float(np.mean(probs.argmax(1) == labels))
+    return out
+
+
+# --------------------------------------------------------------------------
+# The command's work
+# --------------------------------------------------------------------------
+
+
+def _temp_target(output: Path, fmt: str) -> tuple[Path, Path]:
+    """A fresh temporary folder beside ``output`` and the artifact path inside it."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}{files.TEMP_MARKER}", dir=output.parent))
+    name = "artifact" if fmt == "saved_model" else f"artifact{output.suffix}"
+    return tmp, tmp / name
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Moves ``src`` over ``dst`` (a file or a folder), the old one removed after."""
+    if dst.is_dir() and not dst.is_symlink():
+        old = dst.with_name(f".{dst.name}{files.TEMP_MARKER}old")
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def export_model(
+    model_path: str | os.PathLike,
+    fmt: str,
+    output: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    limit: int | None = None,
+    quantize: bool = False,
+    overwrite: bool = False,
+    image_size: int | None = None,
+) -> dict:
+    """Exports ``model_path`` to ``fmt`` and checks it; see the module docstring.
+
+    Args:
+        model_path: a ``.keras`` model (loaded with the checked loader).
+        fmt: ``saved_model``, ``litert`` or ``onnx``.
+        output: the artifact's path (default: :func:`default_output`).
+        dataset, data_dir, limit: the check batch (see :func:`check_batch`);
+            with a dataset the accuracies are reported too.
+        quantize: LiteRT dynamic-range int8 (weights int8, activations float).
+        overwrite: replace an existing artifact.
+        image_size: the side the artifact takes, for a model that records none.
+
+    Returns:
+        The figures: ``output``, ``format``, ``bytes``, ``max_prob_diff``,
+        ``top1_agreement``, (``keras_accuracy``, ``export_accuracy``),
+        ``checked_on``, ``tolerance``, ``seconds``.
+
+    Raises:
+        ExportError / ModelFileError: one line; nothing is written.
+    """
+    from kerasalex.models import get_class_names, get_image_shape
+    from kerasalex.preprocessing import check_class_names
+
+    model_path = Path(model_path)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+    if quantize and fmt != "litert":
+        raise ExportError(f"--quantize applies to --format litert (dynamic-range int8), not {fmt}")
+    output = Path(output) if output else default_output(model_path, fmt, quantize)
+    _check_output(model_path, output, fmt, overwrite)
+    files.check_model_file(model_path)  # before TensorFlow is imported
+    check_packages(fmt)
+    model = files.load_model(model_path)
+    names = check_class_names(get_class_names(model), int(model.output_shape[-1]))
+    shape = tuple(get_image_shape(model))
+    if image_size:
+        shape = (int(image_size), int(image_size), 3)
+    if len(shape) != 3 or shape[0] is None or shape[1] is None:
+        raise ExportError(f"{model_path} does not record the image size it takes; pass --image-size N")
+
+    t0 = time.perf_counter()
+    x, labels, where = check_batch(shape, dataset, data_dir, limit, names)
+    graph = export_graph(float32_model(model), shape)
+    # Called batch by batch (the same values as predict in float32, without a retrace per export).
+    reference = np.concatenate(
+        [np.asarray(graph(x[i : i + BATCH], training=False)[OUTPUT_NAME], np.float32) for i in range(0, len(x), BATCH)]
+    )
+
+    tmp, target = _temp_target(output, fmt)
+    try:
+        _write(fmt, graph, model, target, quantize)
+        art = Artifact(target, fmt)
+        randoms = [op for op in art.ops() if _RANDOM_OP.search(op)]
+        if randoms:
+            raise ExportError(f"the exported graph holds random ops ({', '.join(randoms)}); nothing written")
+        probs = art.predict(x)
+        figures = compare(reference, probs, labels)
+        again = art.predict(x[: min(len(x), 8)])
+        if not np.array_equal(again, probs[: len(again)]):
+            raise ExportError(f"the {fmt} artifact gives different outputs for the same images; nothing written")
+        figures.update(output=str(output), format=fmt, quantized=bool(quantize), checked_on=where,
+                       runtime=RUNTIME[fmt])
+        if quantize:
+            figures["tolerance"] = f"top-1 agreement >= {MIN_QUANTIZED_AGREEMENT:.0%}"
+            ok = figures["top1_agreement"] >= MIN_QUANTIZED_AGREEMENT
+        else:
+            figures["tolerance"] = f"max |probability difference| <= {MAX_PROB_DIFF:g}"
+            ok = figures["max_prob_diff"] <= MAX_PROB_DIFF
+        if not ok:
+            raise ExportError(
+                f"the {fmt} artifact disagrees with {model_path} on {where}: max |probability difference| "
+                f"{figures['max_prob_diff']:.3g}, top-1 agreement {figures['top1_agreement']:.2%} "
+                f"(tolerance: {figures['tolerance']}); nothing written"
+            )
+        del art
+        info = {
+            "class_names": names,
+            "image_shape": [int(shape[0]), int(shape[1]), 3],
+            "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [None, int(shape[0]), int(shape[1]), 3],
+                      "values": "RGB 0..255"},
+            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [None, len(names)],
+                       "values": "class probabilities (softmax)"},
+            # How image files are decoded and resized for it (kerasalex predict).
+            "preprocessing": files.read_model_metadata(model_path).get("preprocessing"),
+            "format": fmt,
+            "quantized": bool(quantize),
+            "source": model_path.name,
+            "check": {k: figures[k] for k in ("images", "max_prob_diff", "top1_agreement", "checked_on", "tolerance")},
+        }
+        if fmt == "saved_model":
+            (target / "assets.extra").mkdir(exist_ok=True)
+            (target / "assets.extra" / INFO_NAME).write_text(json.dumps(info, indent=1) + "\n")
+            size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+            _replace(target, output)
+        else:
+            side = tmp / "info.json"
+            side.write_text(json.dumps(info, indent=1) + "\n")
+            size = target.stat().st_size
+            _replace(target, output)
+            _replace(side, info_path(output, fmt))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    figures["bytes"] = int(size)
+    figures["info"] = str(info_path(output, fmt))
+    figures["seconds"] = round(time.perf_counter() - t0, 2)
+    return figures
