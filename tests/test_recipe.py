@@ -223,3 +223,17 @@ def test_ema_weights_are_resumed_exactly_and_become_the_final_model(tmp_path):
     assert plain.returncode == 0, plain.stderr[-2000:]
     fc1 = lambda p: next(w for w in _weights(p) if w.ndim == 2 and w.shape[1] == 4096)  # noqa: E731
     assert not np.allclose(fc1(tmp_path / "whole.keras"), fc1(tmp_path / "plain.keras"))
+
+
+def test_tta_is_on_by_default_only_for_models_trained_with_flips(tmp_path):
+    from kerasalex import files
+    from kerasalex.evaluation import default_tta
+
+    model = _asymmetric_model()
+    for augment in (True, False):
+        path = tmp_path / f"m{augment}.keras"
+        files.save_model(model, path, metadata={"config": {"augment": augment}})
+        assert default_tta(path) is augment
+    plain = tmp_path / "plain.keras"
+    files.save_model(model, plain)
+    assert default_tta(plain) is False
