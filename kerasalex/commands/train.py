@@ -26,7 +26,7 @@ def train_options(f):
         click.option("--epochs", type=click.IntRange(min=1), default=None,
                      help="Epochs in all [recipe]; vgg16: head + fine-tuning epochs, split 10:8 as the recipe's "
                           "unless --fine-tune-epochs says how many fine-tune."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch size [recipe]."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch size, kept as given [recipe; the default recipe halves its 128 (down to 16) until the run has 1,000 steps]."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [recipe]."),
         click.option("--lr", type=float, default=None, help="Peak learning rate [recipe]."),
         click.option("--momentum", type=float, default=None, help="SGD momentum [recipe]."),
