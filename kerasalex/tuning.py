@@ -1067,7 +1067,7 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
             and rerunning the same command continues it.
     """
     from kerasalex.models import get_architecture
-    from kerasalex.training import resolve_precision, set_precision
+    from kerasalex.training import explain_precision, resolve_precision, set_precision
 
     who = role()
     get_architecture(config.arch)
@@ -1086,7 +1086,9 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
 
     if config.objective.startswith("val_") and not base.val_split:
         raise ValueError(f"objective {config.objective} needs a validation split; pass --val-split > 0 or --objective {config.objective[4:]}")
-    set_precision(resolve_precision(base.precision))
+    precision = resolve_precision(base.precision)
+    set_precision(precision)
+    _say(explain_precision(base.precision, precision, base.arch))
     data = _prepare_data(base)
     _say(
         f"{data.name}: {len(data.train)} training / {len(data.val) if data.val is not None else 0} validation images "

@@ -239,6 +239,7 @@ def test_random_search_outputs(random_search):
     model = files.load_model(root / "saved_models" / "tune-alexnet-digits-random.keras")
     assert model.input_shape == (None, 16, 16, 3) and model.output_shape == (None, 10)
     assert "Reproduce: kerasalex train --hparams" in output
+    assert "precision float32 (as --precision asked)" in output
 
 
 def test_best_hparams_round_trip_into_train(random_search, invoke):
