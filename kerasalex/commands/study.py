@@ -52,7 +52,7 @@ def study(models, **options):
 
     \b
     Examples:
-      kerasalex study --dataset digits --epochs 2 --limit 300     # offline, a few minutes
+      kerasalex study --dataset digits --epochs 2 --limit 300     # offline, ~1 min on 2 CPU cores
       kerasalex study --recipe study --alexnet-weights alexnet.weights.h5
       kerasalex study --dataset ~/cifar10-jpeg/train --limit 5000 --epochs 3
     """
