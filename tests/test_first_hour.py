@@ -173,12 +173,12 @@ def test_evaluate_a_published_copy_uses_its_dataset_and_run_folder(run):
     cwd, run_dir, _ = run
     r = invoke(["evaluate", "saved_models/r.keras", "--limit", "50"], cwd)
     assert "dataset: digits (the model's own" in r.output
-    assert "(50 images)" in r.output
     assert "training's val_loss included label smoothing 0.1" in r.output
     assert (run_dir / "evaluation.json").is_file()
     assert not (cwd / "saved_models" / "r-eval").exists()
     text = (run_dir / "evaluation.json").read_text()
     report = json.loads(text)
+    assert report["test_images"] == 50
     assert all(isinstance(c["support"], int) for c in report["per_class"].values())
     assert sum(c["support"] for c in report["per_class"].values()) == 50
     # `compare runs/` now finds the evaluation.
@@ -190,9 +190,18 @@ def test_evaluate_without_dataset_on_a_model_that_does_not_say(run, tmp_path):
     cwd, run_dir, _ = run
     bare = tmp_path / "bare.keras"
     with zipfile.ZipFile(run_dir / "model.keras") as src, zipfile.ZipFile(bare, "w") as dst:
-        for item in src.infolist():
-            if item.filename != "kerasalex.json":
-                dst.writestr(item, src.read(item))
+        for item in src.infolist():  # what kerasalex recorded goes, Keras's own files stay
+            data = src.read(item)
+            if item.filename == "kerasalex.json":
+                continue
+            if item.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("kerasalex", None)
+                data = json.dumps(meta).encode()
+            dst.writestr(item, data)
+    from kerasalex import files
+
+    assert files.read_model_metadata(bare) == {}
     r = invoke(["evaluate", bare], tmp_path, expect=2)
     assert "does not say which dataset it was trained on" in r.output and "--dataset" in r.output
     r = invoke(["evaluate", tmp_path / "nothing.keras"], tmp_path, expect=1)
