@@ -91,29 +91,12 @@ SGD_ONLY = ("momentum", "nesterov")
 # --------------------------------------------------------------------------
 
 
-class _DropRetracingWarnings:
-    """A logging filter that drops TensorFlow's "triggered tf.function
-    retracing" warning: every trial builds a new model, so Keras's train and
-    test functions are traced again per trial by design, and TensorFlow counts
-    that as retracing one function (the warning's advice does not apply)."""
-
-    def filter(self, record) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-@contextlib.contextmanager
 def quiet_trial_retracing():
-    """Drops TensorFlow's retracing warning (see :class:`_DropRetracingWarnings`)
-    from the ``tensorflow`` logger while the block runs; every other message passes."""
-    import logging
+    """TensorFlow's retracing warning dropped while trials build model after
+    model (see :func:`kerasalex.training.quiet_model_retracing`)."""
+    from kerasalex.training import quiet_model_retracing
 
-    logger = logging.getLogger("tensorflow")
-    drop = _DropRetracingWarnings()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
+    return quiet_model_retracing()
 
 
 def _is_number(v) -> bool:

@@ -359,7 +359,7 @@ def test_accuracy_axis_spans_zero_to_one(tmp_path, monkeypatch):
     assert low <= 0.0 and high >= 1.0 and high - low < 1.1
 
 
-def test_tune_drops_only_the_per_trial_retracing_warning(caplog):
+def test_tune_and_study_drop_only_the_per_model_retracing_warning(caplog):
     import logging
 
     import tensorflow as tf
@@ -376,3 +376,22 @@ def test_tune_drops_only_the_per_trial_retracing_warning(caplog):
         logger.warning(text)  # outside a search it is TensorFlow's business again
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["a real problem", text]
+
+    # The study command runs its models under the same filter.
+    import kerasalex.study
+
+    def fake_study(**kwargs):
+        logger.warning(text)
+        logger.warning("another real problem")
+        raise ValueError("stop here")
+
+    caplog.clear()
+    old = kerasalex.study.run_study
+    kerasalex.study.run_study = fake_study
+    try:
+        with caplog.at_level(logging.WARNING, logger="tensorflow"):
+            r = CliRunner().invoke(cli, ["study", "--dataset", "digits"], catch_exceptions=False)
+    finally:
+        kerasalex.study.run_study = old
+    assert r.exit_code == 1 and "stop here" in r.output
+    assert [r.getMessage() for r in caplog.records] == ["another real problem"]
