@@ -284,6 +284,24 @@ def test_ctrl_c_exits_right_after_the_resume_hint(tmp_path):
     assert seconds < 2.0
 
 
+def test_ctrl_c_in_any_command_exits_130_at_once():
+    """Outside training (evaluate, predict, a data download) Ctrl-C ends the
+    command at once with the shell's 130, not Click's "Aborted!" exit 1."""
+    code = (
+        "import os, signal, sys, time, types; sys.argv = ['kerasalex']\n"
+        "import click\nimport kerasalex.cli as c\n"
+        "@click.command()\ndef slow():\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n"
+        "m = types.ModuleType('fakecmd'); m.slow = slow; sys.modules['fakecmd'] = m\n"
+        "c.COMMANDS['slow'] = 'fakecmd:slow'\n"
+        "c.main(['slow'])\n"
+    )
+    t0 = time.perf_counter()
+    r = run_python(code, timeout=60)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert time.perf_counter() - t0 < 25
+    assert "Aborted!" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_error_lines_are_never_cut_inside_a_word(monkeypatch):
     import keras
 
