@@ -47,7 +47,8 @@ class LazyGroup(click.Group):
             body = type(cmd).invoke
 
             def invoke(sub_ctx, _cmd=cmd):
-                import_tensorflow_quietly()
+                if name != "compare" or sub_ctx.params.get("evaluate_missing"):
+                    import_tensorflow_quietly()
                 return body(_cmd, sub_ctx)
 
             cmd.invoke = invoke
@@ -68,9 +69,8 @@ def cli():
     """
 
 
-# Commands that import TensorFlow (compare only with --evaluate, and then
-# after its first lines: it is left out).
-TF_COMMANDS = ("train", "evaluate", "predict", "study", "tune", "port-weights")
+# Commands that import TensorFlow (compare only with --evaluate).
+TF_COMMANDS = ("train", "evaluate", "predict", "study", "tune", "port-weights", "compare")
 
 # What TensorFlow prints on stderr while it loads, before its log level is in
 # force (absl logging is not initialized yet, so TF_CPP_MIN_LOG_LEVEL cannot
