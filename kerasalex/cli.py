@@ -48,7 +48,8 @@ class LazyGroup(click.Group):
             body = type(cmd).invoke
 
             def invoke(sub_ctx, _cmd=cmd):
-                import_tensorflow_quietly()
+                if name != "compare" or sub_ctx.params.get("evaluate_missing"):
+                    import_tensorflow_quietly()
                 return body(_cmd, sub_ctx)
 
             cmd.invoke = invoke
@@ -69,9 +70,8 @@ def cli():
     """
 
 
-# Commands that import TensorFlow (compare only with --evaluate, and then
-# after its first lines: it is left out).
-TF_COMMANDS = ("train", "evaluate", "predict", "study", "tune", "port-weights")
+# Commands that import TensorFlow (compare only with --evaluate).
+TF_COMMANDS = ("train", "evaluate", "predict", "study", "tune", "port-weights", "compare")
 
 # What TensorFlow prints on stderr while it loads, before its log level is in
 # force (absl logging is not initialized yet, so TF_CPP_MIN_LOG_LEVEL cannot
@@ -124,6 +124,12 @@ def import_tensorflow_quietly() -> list[str]:
     return held
 
 
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """Warnings as one line for a user, without the source line that raised them."""
     kind = "" if category is UserWarning else f"{category.__name__}: "
@@ -157,9 +163,19 @@ def main(argv=None):
     import warnings
 
     warnings.showwarning = _show_warning
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt  # Python's own behaviour, remembered
+
+    if threading_main():
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         return cli.main(args=argv, prog_name="kerasalex", obj={"quiet_tensorflow": user_log_level not in ("0", "1")})
     except SystemExit as exc:
+        if interrupted and not (isinstance(exc.code, int) and exc.code > 128):
+            exc.code = 128 + signal.SIGINT  # Click says "Aborted!" and exits 1; the shell's convention is 130
         if isinstance(exc.code, int) and exc.code > 128:
             # Stopped by a signal (Ctrl-C: 130): every file is written and the
             # resume hint printed, so leave now. The interpreter's final

@@ -8,6 +8,7 @@ with the callbacks that keep history and resume state, and writes the final
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -188,6 +189,33 @@ def explain_precision(requested: str, policy: str, arch: str | None = None) -> s
         speed, source = figure
         line += f"; expect ~{speed:.0f} images/s or less (measured on {MEASURED_ON}: {source})"
     return line
+
+
+class _DropRetracingWarnings:
+    """A logging filter that drops TensorFlow's "triggered tf.function
+    retracing" warning. TensorFlow counts traces per Python function, and
+    every Keras model traces its own train/test/predict functions from the
+    same Keras code, so a process that builds model after model (tune's
+    trials, the study's models) is told it "retraces" by design; the
+    warning's advice does not apply."""
+
+    def filter(self, record) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_model_retracing():
+    """Drops TensorFlow's retracing warning (see :class:`_DropRetracingWarnings`)
+    from the ``tensorflow`` logger while the block runs; every other message passes."""
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    drop = _DropRetracingWarnings()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def resolve_jit(jit: str) -> bool | str:

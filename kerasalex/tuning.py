@@ -92,29 +92,12 @@ SGD_ONLY = ("momentum", "nesterov")
 # --------------------------------------------------------------------------
 
 
-class _DropRetracingWarnings:
-    """A logging filter that drops TensorFlow's "triggered tf.function
-    retracing" warning: every trial builds a new model, so Keras's train and
-    test functions are traced again per trial by design, and TensorFlow counts
-    that as retracing one function (the warning's advice does not apply)."""
-
-    def filter(self, record) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-@contextlib.contextmanager
 def quiet_trial_retracing():
-    """Drops TensorFlow's retracing warning (see :class:`_DropRetracingWarnings`)
-    from the ``tensorflow`` logger while the block runs; every other message passes."""
-    import logging
+    """TensorFlow's retracing warning dropped while trials build model after
+    model (see :func:`kerasalex.training.quiet_model_retracing`)."""
+    from kerasalex.training import quiet_model_retracing
 
-    logger = logging.getLogger("tensorflow")
-    drop = _DropRetracingWarnings()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
+    return quiet_model_retracing()
 
 
 def _is_number(v) -> bool:
@@ -1073,7 +1056,7 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
             and rerunning the same command continues it.
     """
     from kerasalex.models import get_architecture
-    from kerasalex.training import resolve_precision, set_precision
+    from kerasalex.training import explain_precision, resolve_precision, set_precision
 
     who = role()
     get_architecture(config.arch)
@@ -1092,7 +1075,9 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
 
     if config.objective.startswith("val_") and not base.val_split:
         raise ValueError(f"objective {config.objective} needs a validation split; pass --val-split > 0 or --objective {config.objective[4:]}")
-    set_precision(resolve_precision(base.precision))
+    precision = resolve_precision(base.precision)
+    set_precision(precision)
+    _say(explain_precision(base.precision, precision, base.arch))
     data = _prepare_data(base)
     _say(
         f"{data.name}: {len(data.train)} training / {len(data.val) if data.val is not None else 0} validation images "

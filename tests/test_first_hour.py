@@ -110,7 +110,7 @@ def test_done_line_without_a_validation_split_says_so(tmp_path):
     r = invoke(["train", "--arch", "alexnet", *FAST[:-4], "--limit", "64", "--batch-size", "32", "--precision",
                 "float32", "--epochs", "1", "--val-split", "0", "--run-dir", "run", "-o", "m.keras"], tmp_path)
     done = next(line for line in r.output.splitlines() if line.startswith("Done:"))
-    assert "no validation split (--val-split 0)" in done and "nan" not in done
+    assert "no validation" in done and "--val-split 0" in done and "nan" not in done
 
 
 def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
@@ -173,12 +173,12 @@ def test_evaluate_a_published_copy_uses_its_dataset_and_run_folder(run):
     cwd, run_dir, _ = run
     r = invoke(["evaluate", "saved_models/r.keras", "--limit", "50"], cwd)
     assert "dataset: digits (the model's own" in r.output
-    assert "(50 images)" in r.output
     assert "training's val_loss included label smoothing 0.1" in r.output
     assert (run_dir / "evaluation.json").is_file()
     assert not (cwd / "saved_models" / "r-eval").exists()
     text = (run_dir / "evaluation.json").read_text()
     report = json.loads(text)
+    assert report["test_images"] == 50
     assert all(isinstance(c["support"], int) for c in report["per_class"].values())
     assert sum(c["support"] for c in report["per_class"].values()) == 50
     # `compare runs/` now finds the evaluation.
@@ -190,9 +190,18 @@ def test_evaluate_without_dataset_on_a_model_that_does_not_say(run, tmp_path):
     cwd, run_dir, _ = run
     bare = tmp_path / "bare.keras"
     with zipfile.ZipFile(run_dir / "model.keras") as src, zipfile.ZipFile(bare, "w") as dst:
-        for item in src.infolist():
-            if item.filename != "kerasalex.json":
-                dst.writestr(item, src.read(item))
+        for item in src.infolist():  # what kerasalex recorded goes, Keras's own files stay
+            data = src.read(item)
+            if item.filename == "kerasalex.json":
+                continue
+            if item.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("kerasalex", None)
+                data = json.dumps(meta).encode()
+            dst.writestr(item, data)
+    from kerasalex import files
+
+    assert files.read_model_metadata(bare) == {}
     r = invoke(["evaluate", bare], tmp_path, expect=2)
     assert "does not say which dataset it was trained on" in r.output and "--dataset" in r.output
     r = invoke(["evaluate", tmp_path / "nothing.keras"], tmp_path, expect=1)
@@ -275,6 +284,24 @@ def test_ctrl_c_exits_right_after_the_resume_hint(tmp_path):
     assert seconds < 2.0
 
 
+def test_ctrl_c_in_any_command_exits_130_at_once():
+    """Outside training (evaluate, predict, a data download) Ctrl-C ends the
+    command at once with the shell's 130, not Click's "Aborted!" exit 1."""
+    code = (
+        "import os, signal, sys, time, types; sys.argv = ['kerasalex']\n"
+        "import click\nimport kerasalex.cli as c\n"
+        "@click.command()\ndef slow():\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n"
+        "m = types.ModuleType('fakecmd'); m.slow = slow; sys.modules['fakecmd'] = m\n"
+        "c.COMMANDS['slow'] = 'fakecmd:slow'\n"
+        "c.main(['slow'])\n"
+    )
+    t0 = time.perf_counter()
+    r = run_python(code, timeout=60)
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert time.perf_counter() - t0 < 25
+    assert "Aborted!" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_error_lines_are_never_cut_inside_a_word(monkeypatch):
     import keras
 
@@ -350,7 +377,7 @@ def test_accuracy_axis_spans_zero_to_one(tmp_path, monkeypatch):
     assert low <= 0.0 and high >= 1.0 and high - low < 1.1
 
 
-def test_tune_drops_only_the_per_trial_retracing_warning(caplog):
+def test_tune_and_study_drop_only_the_per_model_retracing_warning(caplog):
     import logging
 
     import tensorflow as tf
@@ -367,3 +394,22 @@ def test_tune_drops_only_the_per_trial_retracing_warning(caplog):
         logger.warning(text)  # outside a search it is TensorFlow's business again
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["a real problem", text]
+
+    # The study command runs its models under the same filter.
+    import kerasalex.study
+
+    def fake_study(**kwargs):
+        logger.warning(text)
+        logger.warning("another real problem")
+        raise ValueError("stop here")
+
+    caplog.clear()
+    old = kerasalex.study.run_study
+    kerasalex.study.run_study = fake_study
+    try:
+        with caplog.at_level(logging.WARNING, logger="tensorflow"):
+            r = CliRunner().invoke(cli, ["study", "--dataset", "digits"], catch_exceptions=False)
+    finally:
+        kerasalex.study.run_study = old
+    assert r.exit_code == 1 and "stop here" in r.output
+    assert [r.getMessage() for r in caplog.records] == ["another real problem"]

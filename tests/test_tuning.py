@@ -242,6 +242,7 @@ def test_random_search_outputs(random_search):
     assert get_image_shape(model) == (16, 16, 3) and model.output_shape == (None, 10)
     assert not any(l.name.startswith("augment") for l in model.layers)  # the inference model
     assert "Reproduce: kerasalex train --hparams" in output
+    assert "precision float32 (as --precision asked)" in output
 
 
 def test_best_hparams_round_trip_into_train(random_search, invoke):

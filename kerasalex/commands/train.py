@@ -70,7 +70,9 @@ def train_options(f):
 @click.option("--deterministic/--no-deterministic", default=None,
               help="Deterministic ops: a resumed run ends with an uninterrupted run's weights (slower) [off].")
 @click.option("--distribute", type=click.Choice(DISTRIBUTE_MODES), default=None, help="tf.distribute strategy [none].")
-@click.option("--hparams", type=click.Path(), default=None, help="JSON of option values (e.g. tune's best_hparams.json).")
+@click.option("--hparams", type=click.Path(), default=None,
+              help="JSON of option values, e.g. tune's best_hparams.json (arch, recipe, the searched values); "
+                   "options given here beat it.")
 @click.option("--run-dir", type=click.Path(), default=None, help="Run folder [runs/<arch>-<dataset>-<time>].")
 @click.option("--output", "-o", type=click.Path(), default=None, help="Final .keras path [saved_models/<run>.keras].")
 @click.option("--save-best", is_flag=True, default=None,
