@@ -98,10 +98,10 @@ def test_history_has_one_row_per_epoch_with_timings(trained):
     rows = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second"):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "train_seconds", "images_per_second"):
             assert r[key] is not None and np.isfinite(r[key]), key
     csv_lines = (run / "history.csv").read_text().strip().splitlines()
-    assert csv_lines[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate,epoch_seconds,images_per_second")
+    assert csv_lines[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate,epoch_seconds,train_seconds,images_per_second")
     assert len(csv_lines) == 3
     # the learning-rate schedule: warm-up then cosine, recorded per epoch
     assert rows[0]["learning_rate"] != rows[1]["learning_rate"]
