@@ -82,8 +82,10 @@ def test_a_published_copy_is_scored_on_its_own_held_out_slice(work):
     assert rec["val_split"] == 0.2 and rec["val_images"] == 6 and len(rec["held_out"]) == 6
     r = invoke(["evaluate", "saved_models/held.keras", "--dataset", "flat"], cwd)
     assert "held-out validation slice (val_split=0.2)" in r.output
-    copy = json.loads((cwd / "saved_models" / "held-eval" / "evaluation.json").read_text())
+    # a published copy reports into its run folder (its metadata names it)
+    copy = json.loads((cwd / "runs" / "held" / "evaluation.json").read_text())
     assert copy["split"] == "val" and copy["test_images"] == 6
+    assert copy["model"].endswith("held.keras")
     # the same images as the run folder's own model (which has config.json beside it)
     invoke(["evaluate", "runs/held/model.keras", "--dataset", "flat"], cwd)
     own = json.loads((cwd / "runs" / "held" / "evaluation.json").read_text())
@@ -209,8 +211,8 @@ def test_predict_sees_an_exif_rotated_photo_as_its_upright_twin(work, tmp_path):
 
 
 def test_a_model_without_a_training_record_is_refused_unless_told(work):
-    """A .keras without kerasalex.json (plain Keras, an older kerasalex) and no
-    run folder beside it: which images it saw is unknown."""
+    """A .keras without kerasalex's record (plain Keras, an older kerasalex) and
+    no run folder beside it: which images it saw is unknown."""
     import zipfile
 
     cwd, _ = work
@@ -218,9 +220,14 @@ def test_a_model_without_a_training_record_is_refused_unless_told(work):
     dst.parent.mkdir()
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for item in zin.infolist():
-            if item.filename != "kerasalex.json":
-                zout.writestr(item, zin.read(item.filename))
+            data = zin.read(item.filename)
+            if item.filename == "metadata.json":  # class names stay; the training record and run folder go
+                meta = json.loads(data)
+                for key in ("training_data", "run_dir"):
+                    meta["kerasalex"].pop(key, None)
+                data = json.dumps(meta).encode()
+            zout.writestr(item, data)
     r = invoke(["evaluate", dst, "--dataset", "flat"], cwd, expect=1)
     assert "carries no record of its training data" in r.output
     r = invoke(["evaluate", dst, "--dataset", "flat", "--val-split", "0.2"], cwd)  # the user vouches for it
-    assert "Held-out accuracy" in r.output and "(6 images)" in r.output
+    assert "Held-out accuracy" in r.output and "(6 images" in r.output
