@@ -656,8 +656,13 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
     t0 = time.perf_counter()
     data = _prepare_data(config)
     n_train = len(data.train)
-    from kerasalex.config import auto_batch_size
+    from kerasalex.config import auto_batch_size, is_short_run
 
+    short = is_short_run(config.batch_size, n_train, config.epochs, config.min_steps)
+    if short and config.short_run_dropout is not None and config.dropout != config.short_run_dropout:
+        _say(f"dropout {config.short_run_dropout:g} (not {config.dropout:g}): a run of fewer than {config.min_steps} "
+             f"steps underfits, and dropout only slows it; --dropout R keeps R")
+        config = config.replace(dropout=config.short_run_dropout)
     batch = auto_batch_size(config.batch_size, n_train, config.epochs, config.min_steps)
     recipe_batch = config.batch_size
     if batch != config.batch_size:
@@ -693,6 +698,7 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         {
             "resolved": {"precision": precision, "steps_per_epoch": steps, "train_images": n_train,
                          "batch_size": config.batch_size, "batch_size_before_min_steps": recipe_batch,
+                         "short_run": short, "dropout": config.dropout,
                          "warmup_steps": (warmup_steps(config.warmup_epochs, steps, steps * config.epochs)
                                           if config.schedule == "cosine" else 0),
                          "val_images": len(data.val) if data.val is not None else 0,

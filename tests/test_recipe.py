@@ -75,6 +75,10 @@ def test_small_datasets_get_a_smaller_batch_unless_the_user_chose_one():
     assert resolve_config("alexnet", "default", batch_size=128).min_steps == 0
     assert resolve_config("alexnet", "default", hparams={"batch_size": 64}).min_steps == 0
     assert resolve_config("alexnet", "study").min_steps == 0
+    # A short run drops dropout, unless the user set one.
+    assert default.short_run_dropout == 0.0
+    assert resolve_config("alexnet", "default", dropout=0.5).short_run_dropout is None
+    assert resolve_config("alexnet", "study").short_run_dropout is None
 
 
 # --------------------------------------------------------------------------
@@ -165,6 +169,7 @@ def test_digits_default_recipe_five_epochs_reaches_95_percent_and_warns_nothing(
     assert summary["warnings"] == []
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
     assert resolved["batch_size_before_min_steps"] == 128 and resolved["batch_size"] < 128
+    assert resolved["short_run"] is True and resolved["dropout"] == 0.0
     e = run_kerasalex(["evaluate", "digits.keras", "--dataset", "digits", "--output-dir", "eval"], cwd=tmp_path)
     assert e.returncode == 0, e.stderr[-2000:]
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
