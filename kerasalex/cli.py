@@ -62,9 +62,9 @@ def cli():
     """Train, evaluate, tune and reuse AlexNet-family image classifiers (Keras 3).
 
     \b
-    Quick start (offline; training: 160 s of CPU time in bfloat16, 259 s in
-    float32, measured on 2 vCPUs of an AMD EPYC; see the README):
-      kerasalex train --arch alexnet --dataset digits --epochs 10 --batch-size 32 --run-dir runs/digits
+    Quick start (offline; training: 96 s of CPU time in bfloat16, 97.8% test
+    accuracy, measured on 2 vCPUs of an AMD EPYC with AVX512-BF16; see the README):
+      kerasalex train --arch alexnet --dataset digits --epochs 5 --run-dir runs/digits
       kerasalex evaluate saved_models/digits.keras      # on its own dataset, into runs/digits/
       kerasalex compare runs/
     """

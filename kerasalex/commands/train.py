@@ -83,7 +83,7 @@ def train(arch, recipe, hparams, resume, **options):
 
     \b
     Examples:
-      kerasalex train --arch alexnet --dataset digits --epochs 10 --batch-size 32   # offline demo
+      kerasalex train --arch alexnet --dataset digits --epochs 5                    # offline demo
       kerasalex train --arch alexnet                                  # CIFAR-10, our recipe
       kerasalex train --arch alexnet --recipe study                   # the study, exactly
       kerasalex train --arch alexnet --dataset ~/photos --image-size 64
