@@ -86,7 +86,7 @@ def bench_arch(arch: str, formats, repeats: int, threads: int | None, folder: Pa
         "batch64_ms": _median_ms(lambda x: serve(x).numpy(), batch, repeats),
         "max_prob_diff": 0.0, "top1_agreement": 1.0,
     }]
-    print(f"# {arch}: keras done", file=sys.stderr, flush=True)
+    print(f"# {arch}: keras done: {json.dumps(rows[0])}", flush=True)
     for label in formats:
         fmt, quantize = FORMATS[label]
         out = folder / (f"{arch}_saved_model" if fmt == "saved_model" else f"{arch}{'_int8' if quantize else ''}."
@@ -105,7 +105,7 @@ def bench_arch(arch: str, formats, repeats: int, threads: int | None, folder: Pa
         except Exception as exc:  # a format that fails is a figure too
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         rows.append(row)
-        print(f"# {arch}: {label} done", file=sys.stderr, flush=True)
+        print(f"# {arch}: {label} done: {json.dumps(row)}", flush=True)  # kept if a later export dies (OOM)
     keras.backend.clear_session()
     return rows
 

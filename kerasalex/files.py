@@ -490,7 +490,7 @@ MAX_METADATA_BYTES = 64 * 1024**2
 # with plain Keras too. tests/test_models.py checks it is exactly this set.
 BUILT_LAYERS = frozenset(
     {
-        "InputLayer", "Functional", "Resizing", "CenterCrop", "Rescaling", "Normalization",
+        "InputLayer", "Functional", "Resizing", "CenterCrop", "Rescaling",
         "ZeroPadding2D", "Conv2D", "ReLU", "MaxPooling2D", "AdaptiveAveragePooling2D", "Flatten",
         "Dropout", "Dense", "RandomFlip", "RandomTranslation",
     }
@@ -510,6 +510,7 @@ OTHER_STOCK_LAYERS = frozenset(
         "GlobalAveragePooling2D", "GlobalMaxPooling2D", "AdaptiveMaxPooling2D", "SpatialDropout2D",
         "BatchNormalization", "LayerNormalization", "Activation", "Softmax", "Add", "Concatenate",
         "Multiply", "Reshape",
+        "Normalization",  # the normalize layer of files written by earlier versions
     }
 )
 ALLOWED_LAYERS = BUILT_LAYERS | LEGACY_LAYERS | OTHER_STOCK_LAYERS

@@ -102,15 +102,22 @@ def rescale_symmetric(x):
 
 
 def imagenet_normalize(x):
-    """uint8 [0, 255] -> torchvision's ImageNet normalization ((x/255 - mean) / std)."""
-    mean = [m * 255.0 for m in IMAGENET_MEAN]
-    var = [(s * 255.0) ** 2 for s in IMAGENET_STD]
-    return layers.Normalization(mean=mean, variance=var, name="normalize")(x)
+    """uint8 [0, 255] -> torchvision's ImageNet normalization ((x/255 - mean) / std),
+    as a per-channel ``Rescaling``: ``x * (1 / (255 std)) - mean / std``.
+
+    Not ``keras.layers.Normalization``: Keras 3.15's ONNX export (tf2onnx
+    1.17) turns that layer's constant mean and variance into extra required
+    graph inputs, so the exported file cannot run on images alone.
+    """
+    scale = [1.0 / (255.0 * s) for s in IMAGENET_STD]
+    offset = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    return layers.Rescaling(scale=scale, offset=offset, name="normalize")(x)
 
 
 def vgg_preprocess(x):
     """``keras.applications.vgg16.preprocess_input`` in stock Keras, bit for
-    bit: ``normalize`` subtracts the caffe means (in RGB order), then
+    bit: ``normalize`` (a ``Rescaling`` by 1 with per-channel offsets)
+    subtracts the caffe means (in RGB order), then
     ``keras.ops.flip`` reverses the channels (a ``Flip`` op in the functional
     graph: no weights, serialized and loaded by plain Keras):
     ``(x - mean_rgb)[..., ::-1] == x[..., ::-1] - mean_bgr``.
@@ -120,7 +127,9 @@ def vgg_preprocess(x):
     a ``vgg16`` base that no longer takes ``preprocess_input``'s BGR; a frozen
     permutation ``Dense(3)`` is exact too but adds 9 parameters.)
     """
-    x = layers.Normalization(mean=list(VGG_BGR_MEAN[::-1]), variance=[1.0, 1.0, 1.0], name="normalize")(x)
+    # x * 1 + (-mean) == x - mean exactly; a Rescaling, not a Normalization
+    # (see imagenet_normalize: ONNX export).
+    x = layers.Rescaling(scale=1.0, offset=[-m for m in VGG_BGR_MEAN[::-1]], name="normalize")(x)
     return ops.flip(x, axis=-1)
 
 

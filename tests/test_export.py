@@ -326,3 +326,56 @@ def test_a_check_beyond_the_tolerance_writes_nothing(invoke, tiny_copy, tmp_path
     line = _one_line_error(invoke(["export", "tiny.keras", "--format", "onnx", "--quantize"], expect_ok=False))
     assert "--quantize applies to --format litert" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.keras"]
+
+
+def test_mixed_precision_models_are_saved_and_exported_in_float32(tmp_path):
+    """A model built under mixed_bfloat16 (as `train --precision auto` does on
+    bf16 hardware) is written with float32 policies, so model(x) equals
+    predict(x) after loading; a file that kept its mixed policy (earlier
+    versions) still exports, computed in float32."""
+    import keras
+
+    from kerasalex import export as E
+    from kerasalex import files
+
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_tiny(10, (16, 16, 3))
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    files.save_model(model, tmp_path / "f32.keras", float32=True)
+    files.save_model(model, tmp_path / "mixed.keras")
+    with zipfile.ZipFile(tmp_path / "f32.keras") as zf:
+        assert "mixed_" not in zf.read("config.json").decode()
+    loaded = files.load_model(tmp_path / "f32.keras")
+    x, _ = _digits(8)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), loaded.predict(x, verbose=0))
+    figures = E.export_model(tmp_path / "mixed.keras", "litert")
+    assert figures["max_prob_diff"] <= E.MAX_PROB_DIFF and figures["top1_agreement"] == 1.0
+    np.testing.assert_allclose(E.Artifact(tmp_path / "mixed.tflite").predict(x),
+                               keras.ops.softmax(loaded.predict(x, verbose=0)).numpy(), atol=1e-5)
+
+
+def test_the_builders_preprocessing_exports_to_onnx_on_images_alone(tmp_path):
+    """alexnet-torch's and vgg16's normalization are per-channel Rescaling
+    layers: a keras.layers.Normalization would leave its mean and variance as
+    extra required inputs of the ONNX graph (Keras 3.15 + tf2onnx 1.17)."""
+    import keras
+
+    from kerasalex import export as E
+    from kerasalex import files, preprocessing
+    from kerasalex.models import set_model_info
+
+    for name, normalize in (("imagenet", preprocessing.imagenet_normalize), ("vgg", preprocessing.vgg_preprocess)):
+        inputs = preprocessing.image_input()
+        x = preprocessing.resize(normalize(inputs), 16, 16)
+        x = keras.layers.Dense(3, name="predictions")(keras.layers.Flatten()(x))
+        model = set_model_info(keras.Model(inputs, x, name=name), ["a", "b", "c"], (16, 16, 3))
+        files.save_model(model, tmp_path / f"{name}.keras")
+        figures = E.export_model(tmp_path / f"{name}.keras", "onnx")
+        assert figures["max_prob_diff"] <= E.MAX_PROB_DIFF
+        import onnxruntime as ort
+
+        assert [i.name for i in ort.InferenceSession(str(tmp_path / f"{name}.onnx")).get_inputs()] == ["image"]

@@ -11,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 
-import kerasalex
 from kerasalex import files
 from kerasalex.models import (
     ARCHITECTURES,

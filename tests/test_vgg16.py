@@ -85,7 +85,7 @@ def test_layer_stack_and_in_model_preprocessing():
     names = [l.name for l in model.layers]
     assert names == ["image", "normalize", "resize", "vgg16", "flatten", "fc1", "fc1_dropout",
                      "fc2", "fc2_dropout", "predictions"]
-    assert [type(op).__name__ for op in model.operations[1:4]] == ["Normalization", "Flip", "Resizing"]
+    assert [type(op).__name__ for op in model.operations[1:4]] == ["Rescaling", "Flip", "Resizing"]
     assert model.input.dtype == "uint8" and model.input_shape == (None, None, None, 3)
     base = model.get_layer("vgg16")
     assert isinstance(base, keras.Model) and not base.trainable and not base.trainable_weights
