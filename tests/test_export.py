@@ -81,7 +81,7 @@ def exported(tmp_path_factory):
     try:
         r = _cli(["train", "--arch", "tiny", "--dataset", "digits", "--limit", "600", "--epochs", "8",
                   "--batch-size", "30", "--image-size", "16", "--augment", "--dropout", "0.3", "--optimizer", "adam",
-                  "--lr", "0.003", "--schedule", "constant",
+                  "--lr", "0.003", "--schedule", "constant", "--save-best",
                   "--run-dir", "run", "-o", "tiny.keras"], root)
         assert r.exit_code == 0, r.output
     finally:
