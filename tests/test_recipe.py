@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import run_kerasalex, run_python
+from test_reliability import KILL_AT_EPOCH  # kills its process when an epoch begins
 
 TINY = ["--arch", "alexnet", "--dataset", "digits", "--limit", "120", "--image-size", "16",
         "--batch-size", "32", "--precision", "float32"]
@@ -180,18 +181,6 @@ def test_digits_default_recipe_five_epochs_reaches_95_percent_and_warns_nothing(
 # EMA of the weights: saved, resumed exactly, used for the final model
 # --------------------------------------------------------------------------
 
-KILL_AT_EPOCH = """
-import os, signal
-from kerasalex import callbacks as C
-real = C.EpochHistory.on_epoch_begin
-def begin(self, epoch, logs=None):
-    if epoch == {kill_at}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(self, epoch, logs)
-C.EpochHistory.on_epoch_begin = begin
-from kerasalex.cli import main
-main({args!r})
-"""
 
 
 def _weights(path: Path) -> list[np.ndarray]:
