@@ -605,11 +605,13 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
 
     # --- where ----------------------------------------------------------
     state = None
+    saved_resolved: dict[str, Any] = {}  # a resumed run's first resolution (short-run rules)
     if resume:
         run_dir = Path(config.run_dir) if config.run_dir else latest_unfinished_run()
         if run_dir is None:
             raise ValueError("--resume: no unfinished run found under runs/; pass --run-dir RUN_FOLDER")
         saved = read_run_config(run_dir)
+        saved_resolved = saved.get("resolved") or {}
         # The run's own configuration wins; only where outputs go may change.
         config = TrainConfig.from_dict({**saved["config"], "run_dir": str(run_dir)})
         state = C.load_resume_state(run_dir)
@@ -665,6 +667,10 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         config = config.replace(dropout=config.short_run_dropout)
     batch = auto_batch_size(config.batch_size, n_train, config.epochs, config.min_steps)
     recipe_batch = config.batch_size
+    # Resuming, config.json already holds the adapted values: keep what the
+    # first start resolved them from.
+    short = bool(saved_resolved.get("short_run", short))
+    recipe_batch = int(saved_resolved.get("batch_size_before_min_steps", recipe_batch))
     if batch != config.batch_size:
         _say(f"batch size {batch} (not {config.batch_size}): {n_train} images x {config.epochs} epochs would be "
              f"{config.epochs * -(-n_train // config.batch_size)} steps, fewer than the recipe's {config.min_steps}; "

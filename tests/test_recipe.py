@@ -231,3 +231,18 @@ def test_tta_is_on_by_default_only_for_models_trained_with_flips(tmp_path):
     plain = tmp_path / "plain.keras"
     files.save_model(model, plain)
     assert default_tta(plain) is False
+
+
+def test_a_resumed_short_run_keeps_what_its_first_start_resolved(tmp_path):
+    args = ["train", "--arch", "alexnet", "--dataset", "digits", "--limit", "120", "--image-size", "16",
+            "--precision", "float32", "--epochs", "2", "--run-dir", "run", "-o", "run.keras"]
+    killed = run_python(KILL_AT_EPOCH.format(kill_at=1, args=args), cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    first = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert first["resolved"]["short_run"] is True and first["resolved"]["dropout"] == 0.0
+    assert first["config"]["batch_size"] == 16 and first["resolved"]["batch_size_before_min_steps"] == 128
+    resumed = run_kerasalex(["train", "--resume", "--run-dir", "run"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = json.loads((tmp_path / "run" / "config.json").read_text())
+    for key in ("short_run", "dropout", "batch_size", "batch_size_before_min_steps"):
+        assert again["resolved"][key] == first["resolved"][key], key
