@@ -253,6 +253,23 @@ def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -
     return max(0, min(wanted, int(round(WARMUP_MAX_FRACTION * total_steps)), total_steps - 1))
 
 
+def training_loop(name: str):
+    """The training loop called ``name`` in the model table
+    (:attr:`kerasalex.models.Architecture.loop`), as ``fit(model, config,
+    data, callbacks, verbose, initial_epoch) -> model``.
+
+    Raises:
+        ValueError: for a name with no loop.
+    """
+    if name == "standard":
+        return fit_standard
+    if name == "transfer":
+        from kerasalex.transfer import fit_transfer
+
+        return fit_transfer
+    raise ValueError(f"unknown training loop {name!r}; expected 'standard' or 'transfer'")
+
+
 def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_epochs: int | None = None, lr: float | None = None):
     import keras
 
@@ -689,9 +706,9 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
     _say(f"images decoded by one rule: EXIF orientation applied, {rule['color']}, transparency on white; "
          f"resized to {rule['image_size']}x{rule['image_size']} by {rule['resize']} ({rule['interpolation']})")
 
-    if config.fine_tune_epochs and arch.fit is None:
+    if config.fine_tune_epochs and arch.loop != "transfer":
         raise ValueError(f"--fine-tune-epochs applies to transfer architectures (vgg16), not {config.arch}")
-    if arch.fit is not None:
+    if arch.loop == "transfer":
         _say(f"plan: {config.epochs + config.fine_tune_epochs} epoch(s) = {config.epochs} head + "
              f"{config.fine_tune_epochs} fine-tuning (--epochs sets the total, --fine-tune-epochs the fine-tuning share)")
 
@@ -751,7 +768,7 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
         verbose = 1 if sys.stdout.isatty() else 2
     fit_t0 = time.perf_counter()
     try:
-        fit = arch.fit_fn() or fit_standard
+        fit = training_loop(arch.loop)
         model = fit(model, config, data, cbs, verbose, initial_epoch) or model
     except C.TrainingDiverged as exc:
         raise C.TrainingDiverged(

@@ -585,7 +585,7 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
         and ``epochs`` (epochs run)."""
         from kerasalex import callbacks as C
         from kerasalex.models import get_architecture
-        from kerasalex.training import fit_standard
+        from kerasalex.training import training_loop
 
         epochs = int(epochs or self.max_epochs)
         config = self.trial_config(hp).replace(seed=self.base.seed + self.seed_offset)
@@ -600,7 +600,7 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
             monitor=self.objective, mode=_objective_direction(self.objective), patience=self.patience,
         )
         cbs = [C.StopOnDivergence(), history, early, *callbacks]
-        fit = get_architecture(config.arch).fit_fn() or fit_standard
+        fit = training_loop(get_architecture(config.arch).loop)
         fit(model, config, self.data, cbs, self.verbose, int(initial_epoch))
         rows = [r for r in history.rows if r.get(self.objective) is not None and math.isfinite(r[self.objective])]
         if not rows:

@@ -43,7 +43,21 @@ class Architecture:
             (:class:`kerasalex.data.ResizeRule`): ``"crop"`` (shorter side,
             centre crop) for ImageNet weights, which were trained and
             evaluated that way; ``"squash"`` for a model trained from scratch.
-        fit: optional custom training loop (see :meth:`fit_fn`).
+        loop: the training loop :mod:`kerasalex.training` runs for it:
+            ``"standard"`` (one ``fit``) or ``"transfer"`` (frozen-base head
+            training, then optional fine-tuning). A name, so the model table
+            never imports training code.
+        weights_option: the :class:`kerasalex.config.TrainConfig` field that
+            holds its pretrained weights (``"weights"``: the whole network;
+            ``"base_weights"``: the base of a transfer model), or None when it
+            only trains from scratch.
+        weights_required: whether it needs a weights file to be worth
+            training in the study (a ported network without its weights is a
+            random one).
+        study_label: its row label in ``kerasalex study``; None = not in the
+            study's default model list.
+        study_weights_flag: the ``kerasalex study`` option (without ``--``)
+            that passes its pretrained weights, when it has one.
     """
 
     name: str
@@ -52,16 +66,11 @@ class Architecture:
     image_size: int = 32
     min_image_size: int = 16
     resize: str = "squash"
-    fit: str | None = None
-
-    def fit_fn(self) -> Callable[..., Any] | None:
-        """The architecture's own training loop (``"module:function"``), if it
-        has one, called as ``fit(model, config, data, callbacks, verbose,
-        initial_epoch) -> model``; None means :func:`kerasalex.training.fit_standard`."""
-        if self.fit is None:
-            return None
-        module, func = self.fit.split(":")
-        return getattr(importlib.import_module(module), func)
+    loop: str = "standard"
+    weights_option: str | None = None
+    weights_required: bool = False
+    study_label: str | None = None
+    study_weights_flag: str | None = None
 
     def builder_fn(self) -> Callable[..., Any]:
         module, func = self.builder.split(":")
@@ -87,6 +96,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "the study's scratch AlexNet for 32x32 images (29.6M parameters)",
             image_size=32,
             min_image_size=16,
+            study_label="AlexNet from scratch (the study's 32x32 AlexNet)",
         ),
         Architecture(
             "alexnet-torch",
@@ -95,6 +105,10 @@ ARCHITECTURES: dict[str, Architecture] = {
             image_size=32,
             min_image_size=8,
             resize="crop",  # torchvision's Resize(256) + CenterCrop(224)
+            weights_option="weights",
+            weights_required=True,
+            study_label="torchvision AlexNet with ImageNet weights, fine-tuned",
+            study_weights_flag="alexnet-weights",
         ),
         Architecture(
             "vgg16",
@@ -103,7 +117,10 @@ ARCHITECTURES: dict[str, Architecture] = {
             image_size=32,
             min_image_size=8,
             resize="crop",  # VGG's ImageNet training: isotropic rescale + crop
-            fit="kerasalex.transfer:fit_transfer",
+            loop="transfer",
+            weights_option="base_weights",
+            study_label="VGG16 transfer: ImageNet base + the study's dense head",
+            study_weights_flag="vgg-weights",
         ),
     ]
 }

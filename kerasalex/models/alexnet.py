@@ -19,6 +19,8 @@ def build_alexnet(
     seed: int | None = None,
     kernel_initializer: str = "glorot_uniform",
     head_initializer: str = "glorot_uniform",
+    filters: Sequence[int] = (96, 256, 384, 384, 256),
+    dense_units: int = 4096,
     name: str = "alexnet",
 ) -> keras.Model:
     """The study's scratch AlexNet, exactly its layer stack.
@@ -51,6 +53,11 @@ def build_alexnet(
         head_initializer: initializer of the last Dense (the logits).
             ``"zeros"`` starts every prediction uniform, at loss
             ln(classes), as ViT's zero-initialized head (Dosovitskiy et al. 2021).
+        filters: the five convolutions' filter counts (the study's by
+            default; smaller values give a tiny configuration of the same
+            stack, as the tests use).
+        dense_units: units of each of the two hidden Dense layers (4096, the
+            study's).
         name: model name.
 
     Example:
@@ -71,6 +78,11 @@ def build_alexnet(
             raise ValueError(
                 f"the scratch AlexNet needs a known input size of at least 16x16 (three 3/2 max-pools). Received: input_shape={input_shape}"
             )
+    filters = tuple(int(f) for f in filters)
+    if len(filters) != 5 or min(filters) < 1:
+        raise ValueError(f"filters must be five positive integers. Received: filters={filters}")
+    if int(dense_units) < 1:
+        raise ValueError(f"dense_units must be a positive integer. Received: dense_units={dense_units}")
     class_names = preprocessing.check_class_names(class_names, num_classes)
 
     # === Functional Model ===
@@ -78,22 +90,22 @@ def build_alexnet(
     x = preprocessing.rescale_symmetric(inputs)
     x = preprocessing.resize(x, h, w)
 
-    x = layers.Conv2D(96, 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block1_conv1")(x)
+    x = layers.Conv2D(filters[0], 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block1_conv1")(x)
     x = layers.MaxPooling2D(3, strides=2, name="block1_pool")(x)
-    x = layers.Conv2D(256, 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block2_conv1")(x)
+    x = layers.Conv2D(filters[1], 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block2_conv1")(x)
     x = layers.MaxPooling2D(3, strides=2, name="block2_pool")(x)
-    x = layers.Conv2D(384, 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block3_conv1")(x)
-    x = layers.Conv2D(384, 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block3_conv2")(x)
-    x = layers.Conv2D(256, 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block3_conv3")(x)
+    x = layers.Conv2D(filters[2], 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block3_conv1")(x)
+    x = layers.Conv2D(filters[3], 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block3_conv2")(x)
+    x = layers.Conv2D(filters[4], 3, padding="same", activation="relu", kernel_initializer=kernel_initializer, name="block3_conv3")(x)
     x = layers.MaxPooling2D(3, strides=2, name="block3_pool")(x)
 
     x = layers.Flatten(name="flatten")(x)
     if dropout:
         x = layers.Dropout(dropout, seed=seed, name="fc1_dropout")(x)
-    x = layers.Dense(4096, activation="relu", kernel_initializer=kernel_initializer, name="fc1")(x)
+    x = layers.Dense(dense_units, activation="relu", kernel_initializer=kernel_initializer, name="fc1")(x)
     if dropout:
         x = layers.Dropout(dropout, seed=None if seed is None else seed + 2, name="fc2_dropout")(x)
-    x = layers.Dense(4096, activation="relu", kernel_initializer=kernel_initializer, name="fc2")(x)
+    x = layers.Dense(dense_units, activation="relu", kernel_initializer=kernel_initializer, name="fc2")(x)
     logits = layers.Dense(num_classes, kernel_initializer=head_initializer, name="predictions", dtype="float32")(x)
     model = keras.Model(inputs, logits, name=name)
     return set_model_info(model, class_names, input_shape)
