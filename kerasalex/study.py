@@ -277,19 +277,12 @@ def run_study(
     state["order"] = models
     _save_state(study_dir, state)
 
-    trained: list[str] = []
-    kept: list[str] = []
-    skipped: dict[str, str] = {}
-    for arch in models:
-        outcome = _run_model(arch, configs[arch], weights.get(arch), study_dir, state, dict(
-            recipe=recipe, dataset=dataset, data_dir=settings["data_dir"], split=split,
-            eval_batch_size=eval_batch_size, eval_limit=eval_limit, log=log, verbose=verbose))
-        if outcome == "kept":
-            kept.append(arch)
-        elif outcome in ("trained", "evaluated"):
-            trained.append(arch)
-        else:
-            skipped[arch] = outcome
+    how = dict(recipe=recipe, dataset=dataset, data_dir=settings["data_dir"], split=split,
+               eval_batch_size=eval_batch_size, eval_limit=eval_limit, log=log, verbose=verbose)
+    outcomes = {a: _run_model(a, configs[a], weights.get(a), study_dir, state, how) for a in models}
+    trained = [a for a, o in outcomes.items() if o in ("trained", "evaluated")]
+    kept = [a for a, o in outcomes.items() if o == "kept"]
+    skipped = {a: o for a, o in outcomes.items() if o not in ("trained", "evaluated", "kept")}
     return _compare_and_report(study_dir, state, models, trained, kept, skipped, log)
 
 
