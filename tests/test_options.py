@@ -64,6 +64,21 @@ def test_help_of_each_command(command):
         assert option.flags[0] in r.output
 
 
+def test_help_of_train_tune_study_imports_no_tensorflow():
+    from conftest import run_python
+
+    r = run_python(
+        "import sys; sys.argv = ['kerasalex', 'train', '--help']\n"
+        "from kerasalex.cli import cli\n"
+        "for c in ('train', 'tune', 'study'):\n"
+        "    try:\n        cli.main([c, '--help'], standalone_mode=False)\n"
+        "    except SystemExit:\n        pass\n"
+        "print('tf', 'tensorflow' in sys.modules, 'keras_tuner' in sys.modules)"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--max-trials" in r.stdout and "--alexnet-weights" in r.stdout and "tf False False" in r.stdout
+
+
 def test_study_weights_options_come_from_the_registry():
     from kerasalex.models import ARCHITECTURES
 
