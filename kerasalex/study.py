@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shlex
 import shutil
 import time
 from pathlib import Path
@@ -30,16 +29,26 @@ from typing import Callable, Sequence
 from kerasalex import files
 from kerasalex.data import display_name
 
-STUDY_MODELS = ("alexnet", "alexnet-torch", "vgg16")
-DESCRIPTIONS = {
-    "alexnet": "AlexNet from scratch (the study's 32x32 AlexNet)",
-    "alexnet-torch": "torchvision AlexNet with ImageNet weights, fine-tuned",
-    "vgg16": "VGG16 transfer: ImageNet base + the study's dense head",
-}
 STATE_FILE = "study.json"
 # Options that must be the same to continue a study folder: changing any of
-# them would make its models incomparable.
+# them would make its models incomparable. Any other train option given is
+# pinned too (see :func:`_settings`).
 PINNED = ("recipe", "dataset", "data_dir", "epochs", "limit", "image_size", "batch_size", "precision", "seed", "val_split")
+
+
+def study_models() -> tuple[str, ...]:
+    """The architectures a study runs by default: those with a study label."""
+    from kerasalex.models import ARCHITECTURES
+
+    return tuple(a.name for a in ARCHITECTURES.values() if a.study_label)
+
+
+def description(arch: str) -> str:
+    """The study's row label of ``arch`` (its name when it has none)."""
+    from kerasalex.models import ARCHITECTURES
+
+    a = ARCHITECTURES.get(arch)
+    return (a.study_label if a is not None else None) or arch
 
 
 def _say(msg: str) -> None:
@@ -64,41 +73,45 @@ def _normalize_dataset(dataset: str) -> str:
     return str(p.resolve())
 
 
-def unavailable_reason(
-    arch: str,
-    alexnet_weights: str | None = None,
-    vgg_weights: str | None = None,
-) -> str | None:
+def unavailable_reason(arch: str, weights: str | None = None) -> str | None:
     """Why ``arch`` cannot join the study here (a sentence), or None when it can.
 
-    alexnet-torch needs ported ImageNet weights (``alexnet_weights``); vgg16
-    needs its ImageNet base, from ``vgg_weights`` or Keras's download/cache,
-    which is tried here by building the model once.
+    ``weights`` is its pretrained weights (its ``study_weights_flag`` option).
+    An architecture whose registry entry requires weights needs them; one whose
+    pretrained weights default to a download (``imagenet``) is built once, to
+    try the download or Keras's cache.
     """
     from kerasalex.models import get_architecture
 
-    if arch == "alexnet-torch" and not alexnet_weights:
-        return ("no ImageNet weights given; pass --alexnet-weights PATH "
-                "(a file made by `kerasalex port-weights`) to include it")
     a = get_architecture(arch)
+    flag = f"--{a.study_weights_flag}" if a.study_weights_flag else f"--{a.weights_option}"
+    if a.weights_required and not weights:
+        return (f"no ImageNet weights given; pass {flag} PATH "
+                "(a file made by `kerasalex port-weights`) to include it")
     try:
         a.builder_fn()
     except (ImportError, AttributeError) as exc:
         return f"not available in this installation ({type(exc).__name__}: {exc})"
-    if arch == "vgg16" and (vgg_weights is None or str(vgg_weights).lower() == "imagenet"):
-        import keras
+    if a.weights_option and not a.weights_required and (weights is None or str(weights).lower() == "imagenet"):
+        return _download_reason(a, flag)
+    return None
 
-        try:
-            a.build(num_classes=2, input_shape=(32, 32, 3), base_weights="imagenet", freeze_base=True)
-        except ValueError as exc:  # the builder's one line, with how to get the file
-            first = (str(exc).strip().splitlines() or ["ValueError"])[0]
-            return f"its ImageNet base could not be loaded: {first} (in the study: --vgg-weights PATH)"
-        except Exception as exc:  # offline: Keras's own download raises a plain Exception
-            first = files.error_line(exc)
-            return (f"its ImageNet base could not be loaded ({type(exc).__name__}: {first}); offline, pass "
-                    "--vgg-weights PATH to a local vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
-        finally:
-            keras.backend.clear_session()
+
+def _download_reason(a, flag: str) -> str | None:
+    """Builds ``a`` with its ``imagenet`` weights once; why that failed, or None."""
+    import keras
+
+    try:
+        a.build(num_classes=2, input_shape=(32, 32, 3), **{a.weights_option: "imagenet"})
+    except ValueError as exc:  # the builder's one line, with how to get the file
+        first = (str(exc).strip().splitlines() or ["ValueError"])[0]
+        return f"its ImageNet weights could not be loaded: {first} (in the study: {flag} PATH)"
+    except Exception as exc:  # offline: Keras's own download raises a plain Exception
+        first = files.error_line(exc)
+        return (f"its ImageNet weights could not be loaded ({type(exc).__name__}: {first}); offline, pass "
+                f"{flag} PATH to a local copy of the weights file")
+    finally:
+        keras.backend.clear_session()
     return None
 
 
@@ -124,7 +137,8 @@ def _save_state(study_dir: Path, state: dict) -> None:
 
 
 def _check_same_settings(study_dir: Path, saved: dict, settings: dict) -> None:
-    diff = [f"{k}={saved.get(k)!r} there, {settings.get(k)!r} now" for k in PINNED if saved.get(k) != settings.get(k)]
+    keys = [*PINNED, *sorted((set(saved) | set(settings)) - set(PINNED))]
+    diff = [f"{k}={saved.get(k)!r} there, {settings.get(k)!r} now" for k in keys if saved.get(k) != settings.get(k)]
     if diff:
         raise ValueError(
             f"study folder {study_dir} was started with other options ({'; '.join(diff)}); "
@@ -132,42 +146,76 @@ def _check_same_settings(study_dir: Path, saved: dict, settings: dict) -> None:
         )
 
 
-def study_command(settings: dict, models: Sequence[str], study_dir: Path, alexnet_weights=None, vgg_weights=None) -> str:
-    """The ``kerasalex study`` command line that (re)runs this study."""
-    args = ["kerasalex", "study"]
-    for k in PINNED:
-        v = settings.get(k)
-        if v is not None:
-            args += [f"--{k.replace('_', '-')}", str(v)]
-    if tuple(models) != STUDY_MODELS:
-        args += ["--models", ",".join(models)]
-    if alexnet_weights:
-        args += ["--alexnet-weights", str(alexnet_weights)]
-    if vgg_weights:
-        args += ["--vgg-weights", str(vgg_weights)]
-    args += ["--output-dir", str(study_dir)]
-    return shlex.join(args)
+def study_command(settings: dict, models: Sequence[str], study_dir: Path, weights: dict[str, str] | None = None) -> str:
+    """The ``kerasalex study`` command line that (re)runs this study
+    (``weights``: arch -> its pretrained weights)."""
+    from kerasalex.models import get_architecture
+    from kerasalex.options import command_line
+
+    values = {**settings, "models": ",".join(models)}
+    for arch, path in (weights or {}).items():
+        values[get_architecture(arch).study_weights_flag.replace("-", "_")] = path
+    values["output_dir"] = str(study_dir)
+    return command_line("study", values, keep=("recipe", "dataset", "output_dir"))
+
+
+def _split_options(options: dict) -> tuple[dict, dict[str, str]]:
+    """``run_study``'s keyword options -> (train options, arch -> weights)."""
+    import dataclasses
+
+    from kerasalex.config import TrainConfig
+    from kerasalex.models import ARCHITECTURES
+    from kerasalex.options import NOT_IN_STUDY
+
+    by_flag = {a.study_weights_flag.replace("-", "_"): a.name for a in ARCHITECTURES.values() if a.study_weights_flag}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train, weights = {}, {}
+    for name, value in options.items():
+        if name in by_flag:
+            if value:
+                weights[by_flag[name]] = str(value)
+        elif name in NOT_IN_STUDY:
+            raise ValueError(f"a study does not take {name}: {NOT_IN_STUDY[name]}")
+        elif name in fields:
+            train[name] = value
+        else:
+            raise ValueError(f"unknown study option {name!r}; expected train options or {sorted(by_flag)}")
+    return train, weights
+
+
+def _check_weights(weights: dict[str, str]) -> dict[str, str]:
+    """Each weights file exists (``imagenet``/``none`` are names); absolute paths."""
+    from kerasalex.models import get_architecture
+
+    out = {}
+    for arch, path in weights.items():
+        if str(path).lower() in ("imagenet", "none"):
+            out[arch] = path
+            continue
+        if not Path(path).is_file():
+            raise ValueError(f"--{get_architecture(arch).study_weights_flag} file not found: {path}")
+        out[arch] = str(Path(path).resolve())
+    return out
+
+
+def _settings(recipe: str, dataset: str, train_options: dict) -> dict:
+    """The study's pinned settings: :data:`PINNED` (None when not given), then
+    every other train option given."""
+    settings = {"recipe": recipe, "dataset": dataset, **{k: train_options.get(k) for k in PINNED[2:]}}
+    settings.update({k: v for k, v in train_options.items() if k not in settings and v is not None})
+    return settings
 
 
 def run_study(
     recipe: str = "default",
     dataset: str = "cifar10",
-    data_dir: str | None = None,
-    epochs: int | None = None,
-    limit: int | None = None,
-    image_size: int | None = None,
-    batch_size: int | None = None,
-    precision: str | None = None,
-    seed: int | None = None,
-    val_split: float | None = None,
-    models: Sequence[str] = STUDY_MODELS,
-    alexnet_weights: str | None = None,
-    vgg_weights: str | None = None,
+    models: Sequence[str] | None = None,
     output_dir: str | os.PathLike | None = None,
     eval_batch_size: int = 256,
     eval_limit: int | None = None,
     log: Callable[[str], None] | None = None,
     verbose: int | str = "auto",
+    **options,
 ) -> dict:
     """Trains, evaluates and compares the study's models into a study folder.
 
@@ -175,24 +223,25 @@ def run_study(
     ``default``: ours) into ``<study>/runs/<arch>`` and is evaluated on the
     dataset's test split, or, for an image folder without ``test/``, on the
     held-out validation slice (the table's column says which). Models that
-    cannot run here are skipped with the reason: alexnet-torch without
-    ``alexnet_weights``, vgg16 when its ImageNet base can't be loaded.
+    cannot run are skipped with the reason: one that requires pretrained
+    weights without them, one whose ImageNet weights can't be loaded.
 
     Args:
         recipe: a name in :data:`kerasalex.config.RECIPES`.
         dataset: ``cifar10``, ``cifar100``, ``digits`` or an image folder.
-        data_dir: local CIFAR python archive/folder (offline CIFAR).
-        epochs, limit, image_size, batch_size, precision, seed, val_split:
-            passed to every model's configuration (None keeps the recipe's).
-        models: architectures to run, in order.
-        alexnet_weights: ported torchvision AlexNet weights (``port-weights``).
-        vgg_weights: VGG16 base weights: ``imagenet`` (download/cache, the
-            default), ``none``, or a local notop ``.h5``.
+        models: architectures to run, in order [:func:`study_models`].
         output_dir: the study folder [``studies/<dataset>-<recipe>``].
         eval_batch_size: evaluation batch size.
         eval_limit: evaluate on at most this many images.
         log: where progress lines go [printed].
         verbose: Keras ``fit`` verbosity.
+        **options: any train option (``epochs``, ``limit``, ``image_size``,
+            ``batch_size``, ``precision``, ``seed``, ``val_split``, ``lr``,
+            ...; None keeps the recipe's), passed to every model's
+            configuration, and each architecture's pretrained weights by its
+            ``study_weights_flag`` (``alexnet_weights``: ported torchvision
+            AlexNet weights; ``vgg_weights``: ``imagenet``, ``none`` or a
+            local notop ``.h5``).
 
     Returns:
         ``{"study_dir", "rows", "table_md", "per_class_f1_md", "report",
@@ -205,18 +254,41 @@ def run_study(
         kerasalex.callbacks.TrainingInterrupted: stopped by a signal; the
             state is saved and the same call resumes.
     """
-    import keras
-
-    from kerasalex.callbacks import TrainingInterrupted
-    from kerasalex.compare import compare_runs, evaluation_split
+    from kerasalex.compare import evaluation_split
     from kerasalex.config import RECIPES, resolve_config
-    from kerasalex.evaluation import evaluate
-    from kerasalex.models import get_architecture
-    from kerasalex.training import train
 
     log = log or _say
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; expected one of: {', '.join(RECIPES)}")
+    models = _check_models(study_models() if models is None else models)
+    train_options, weights = _split_options(options)
+    weights = _check_weights(weights)
+    dataset = _normalize_dataset(dataset)
+    split = evaluation_split(dataset)
+    settings = _settings(recipe, dataset, train_options)
+    # Every model's configuration is checked before anything trains.
+    configs = {a: resolve_config(a, recipe, **{k: v for k, v in settings.items() if k != "recipe"}) for a in models}
+    if split == "val" and not configs[models[0]].val_split:
+        raise ValueError(f"{dataset} has no test/ split and --val-split is 0: there are no held-out images to evaluate on")
+
+    study_dir = Path(output_dir) if output_dir else default_study_dir(dataset, recipe)
+    state = _open_state(study_dir, settings, split, log)
+    state["command"] = study_command(settings, models, study_dir, weights)
+    state["order"] = models
+    _save_state(study_dir, state)
+
+    how = dict(recipe=recipe, dataset=dataset, data_dir=settings["data_dir"], split=split,
+               eval_batch_size=eval_batch_size, eval_limit=eval_limit, log=log, verbose=verbose)
+    outcomes = {a: _run_model(a, configs[a], weights.get(a), study_dir, state, how) for a in models}
+    trained = [a for a, o in outcomes.items() if o in ("trained", "evaluated")]
+    kept = [a for a, o in outcomes.items() if o == "kept"]
+    skipped = {a: o for a, o in outcomes.items() if o not in ("trained", "evaluated", "kept")}
+    return _compare_and_report(study_dir, state, models, trained, kept, skipped, log)
+
+
+def _check_models(models: Sequence[str]) -> list[str]:
+    from kerasalex.models import get_architecture
+
     models = list(models)
     if not models:
         raise ValueError("models must name at least one architecture. Received: models=[]")
@@ -224,23 +296,11 @@ def run_study(
         raise ValueError(f"models lists an architecture twice. Received: models={models}")
     for arch in models:
         get_architecture(arch)
-    for flag, path in (("--alexnet-weights", alexnet_weights), ("--vgg-weights", vgg_weights)):
-        if path and str(path).lower() not in ("imagenet", "none") and not Path(path).is_file():
-            raise ValueError(f"{flag} file not found: {path}")
-    if alexnet_weights:
-        alexnet_weights = str(Path(alexnet_weights).resolve())
-    if vgg_weights and str(vgg_weights).lower() not in ("imagenet", "none"):
-        vgg_weights = str(Path(vgg_weights).resolve())
-    dataset = _normalize_dataset(dataset)
-    split = evaluation_split(dataset)
-    settings = dict(recipe=recipe, dataset=dataset, data_dir=data_dir, epochs=epochs, limit=limit,
-                    image_size=image_size, batch_size=batch_size, precision=precision, seed=seed, val_split=val_split)
-    # Every model's configuration is checked before anything trains.
-    configs = {a: resolve_config(a, recipe, **{k: v for k, v in settings.items() if k != "recipe"}) for a in models}
-    if split == "val" and not configs[models[0]].val_split:
-        raise ValueError(f"{dataset} has no test/ split and --val-split is 0: there are no held-out images to evaluate on")
+    return models
 
-    study_dir = Path(output_dir) if output_dir else default_study_dir(dataset, recipe)
+
+def _open_state(study_dir: Path, settings: dict, split: str, log) -> dict:
+    """The folder's state, checked against ``settings``, or a new one."""
     state = load_state(study_dir)
     if state is not None:
         _check_same_settings(study_dir, state["settings"], settings)
@@ -249,74 +309,92 @@ def run_study(
         state = {"version": 1, "settings": settings, "split": split, "models": {},
                  "started": _dt.datetime.now().isoformat(timespec="seconds")}
     study_dir.mkdir(parents=True, exist_ok=True)
-    state["command"] = study_command(settings, models, study_dir, alexnet_weights, vgg_weights)
-    state["order"] = models
-    _save_state(study_dir, state)
+    return state
 
-    trained: list[str] = []
-    kept: list[str] = []
-    skipped: dict[str, str] = {}
-    for arch in models:
-        run_dir = study_dir / "runs" / arch
-        entry = state["models"].setdefault(arch, {})
-        entry["run_dir"] = str(Path("runs") / arch)
-        has_summary = (run_dir / "summary.json").is_file()
-        if has_summary and (run_dir / "evaluation.json").is_file():
-            if entry.get("status") != "finished":
-                entry["status"] = "finished"
-                _save_state(study_dir, state)
-            log(f"{arch}: finished earlier, kept ({run_dir})")
-            kept.append(arch)
-            continue
-        started = (run_dir / "config.json").is_file()
-        if not started:
-            reason = unavailable_reason(arch, alexnet_weights, vgg_weights)
-            if reason:
-                log(f"{arch}: skipped - {reason}")
-                entry.update(status="skipped", reason=reason)
-                _save_state(study_dir, state)
-                skipped[arch] = reason
-                continue
-        config = configs[arch].replace(
-            weights=alexnet_weights if arch == "alexnet-torch" else None,
-            base_weights=vgg_weights if arch == "vgg16" else None,
-            run_dir=str(run_dir),
-            output=str(study_dir / "models" / f"{arch}.keras"),
-        )
-        t0 = time.perf_counter()
-        if not has_summary:
-            resume = started and (run_dir / "resume" / "state.json").is_file()
-            if run_dir.exists() and not resume:
-                # Killed before its first epoch ended: nothing to keep.
-                log(f"{arch}: {run_dir} holds no finished epoch; starting it over")
-                shutil.rmtree(run_dir)
-            entry.update(status="training", reason=None)
+
+def _run_model(arch: str, config, weights: str | None, study_dir: Path, state: dict, how: dict) -> str:
+    """Trains (or resumes) and evaluates one model of the study.
+
+    Returns:
+        ``"kept"`` (finished earlier), ``"trained"``, ``"evaluated"`` (its
+        training had finished) or the reason it was skipped.
+    """
+    log = how["log"]
+    run_dir = study_dir / "runs" / arch
+    entry = state["models"].setdefault(arch, {})
+    entry["run_dir"] = str(Path("runs") / arch)
+    has_summary = (run_dir / "summary.json").is_file()
+    if has_summary and (run_dir / "evaluation.json").is_file():
+        if entry.get("status") != "finished":
+            entry["status"] = "finished"
             _save_state(study_dir, state)
-            log(f"{arch}: {'resuming the interrupted run' if resume else 'training'} in {run_dir} "
-                f"({DESCRIPTIONS.get(arch, arch)}; recipe {recipe})")
-            keras.backend.clear_session()
-            try:
-                train(config, resume=resume, verbose=verbose)
-            except TrainingInterrupted:
-                entry["status"] = "interrupted"
-                _save_state(study_dir, state)
-                raise
-            except BaseException as exc:
-                entry.update(status="failed", reason=f"{type(exc).__name__}: {files.error_line(exc, 300)}")
-                _save_state(study_dir, state)
-                raise
-            trained.append(arch)
-        entry["status"] = "evaluating"
+        log(f"{arch}: finished earlier, kept ({run_dir})")
+        return "kept"
+    started = (run_dir / "config.json").is_file()
+    if not started:
+        reason = unavailable_reason(arch, weights)
+        if reason:
+            log(f"{arch}: skipped - {reason}")
+            entry.update(status="skipped", reason=reason)
+            _save_state(study_dir, state)
+            return reason
+    from kerasalex.models import get_architecture
+
+    option = get_architecture(arch).weights_option
+    config = config.replace(run_dir=str(run_dir), output=str(study_dir / "models" / f"{arch}.keras"),
+                            **({option: weights} if option else {}))
+    t0 = time.perf_counter()
+    if not has_summary:
+        _train_model(arch, config, run_dir, started, study_dir, state, how)
+    entry["status"] = "evaluating"
+    _save_state(study_dir, state)
+    _evaluate_model(arch, run_dir, how)
+    entry.update(status="finished", seconds_this_session=round(time.perf_counter() - t0, 1),
+                 finished=_dt.datetime.now().isoformat(timespec="seconds"))
+    _save_state(study_dir, state)
+    return "evaluated" if has_summary else "trained"
+
+
+def _train_model(arch: str, config, run_dir: Path, started: bool, study_dir: Path, state: dict, how: dict) -> None:
+    import keras
+
+    from kerasalex.callbacks import TrainingInterrupted
+    from kerasalex.training import train
+
+    entry = state["models"][arch]
+    resume = started and (run_dir / "resume" / "state.json").is_file()
+    if run_dir.exists() and not resume:
+        # Killed before its first epoch ended: nothing to keep.
+        how["log"](f"{arch}: {run_dir} holds no finished epoch; starting it over")
+        shutil.rmtree(run_dir)
+    entry.update(status="training", reason=None)
+    _save_state(study_dir, state)
+    how["log"](f"{arch}: {'resuming the interrupted run' if resume else 'training'} in {run_dir} "
+               f"({description(arch)}; recipe {how['recipe']})")
+    keras.backend.clear_session()
+    try:
+        train(config, resume=resume, verbose=how["verbose"])
+    except TrainingInterrupted:
+        entry["status"] = "interrupted"
         _save_state(study_dir, state)
-        where = "test split" if split == "test" else "held-out validation slice"
-        log(f"{arch}: evaluating {run_dir / 'model.keras'} on the {where}")
-        evaluate(run_dir / "model.keras", dataset, data_dir, eval_batch_size, run_dir, eval_limit,
-                 split=split)  # the held-out slice the model itself records
-        entry.update(status="finished", seconds_this_session=round(time.perf_counter() - t0, 1),
-                     finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        raise
+    except BaseException as exc:
+        entry.update(status="failed", reason=f"{type(exc).__name__}: {files.error_line(exc, 300)}")
         _save_state(study_dir, state)
-        if arch not in trained:
-            trained.append(arch)
+        raise
+
+
+def _evaluate_model(arch: str, run_dir: Path, how: dict) -> None:
+    from kerasalex.evaluation import evaluate
+
+    where = "test split" if how["split"] == "test" else "held-out validation slice"
+    how["log"](f"{arch}: evaluating {run_dir / 'model.keras'} on the {where}")
+    evaluate(run_dir / "model.keras", how["dataset"], how["data_dir"], how["eval_batch_size"], run_dir,
+             how["eval_limit"], split=how["split"])  # the held-out slice the model itself records
+
+
+def _compare_and_report(study_dir: Path, state: dict, models, trained, kept, skipped, log) -> dict:
+    from kerasalex.compare import compare_runs
 
     done = [a for a in models if state["models"][a].get("status") == "finished"]
     if not done:
@@ -400,7 +478,7 @@ def write_report(study_dir: str | os.PathLike, state: dict, comparison: dict, sk
     ]
     for label, run in zip(comparison["labels"], runs):
         rel = Path(run["run_dir"]).resolve().relative_to(study_dir.resolve()).as_posix()
-        lines += ["", f"## {label}: {DESCRIPTIONS.get(label, run['config'].get('arch', label))}", ""]
+        lines += ["", f"## {label}: {description(label)}", ""]
         n = len(run["history"])
         model = Path(study_dir / "models" / f"{label}.keras")
         saved = f", model [`models/{model.name}`](models/{model.name})" if model.is_file() else ""

@@ -7,7 +7,7 @@ import sys
 import click
 
 from kerasalex.commands import user_errors
-from kerasalex.config import PRECISIONS, RECIPES
+from kerasalex.options import decorate
 
 
 def _echo_missing(missing) -> None:
@@ -18,33 +18,13 @@ def _echo_missing(missing) -> None:
 
 
 @click.command()
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True,
-              help="study = the study's exact recipes; default = ours.")
-@click.option("--dataset", default="cifar10", show_default=True,
-              help="cifar10, cifar100, digits (bundled, offline), or a folder with one subfolder per class.")
-@click.option("--data-dir", type=click.Path(), default=None,
-              help="Local cifar-*-python.tar.gz or its extracted folder (offline CIFAR).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs in all for every model (vgg16: head + fine-tuning) [recipe].")
-@click.option("--limit", type=click.IntRange(min=2), default=None, help="Train on at most N images (quick look).")
-@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Side images are fed at [architecture's].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [recipe].")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Keras dtype policy [recipe].")
-@click.option("--seed", type=int, default=None, help="Random seed [0].")
-@click.option("--val-split", type=float, default=None, help="Fraction of training data held out for validation [0.1].")
-@click.option("--models", default="alexnet,alexnet-torch,vgg16", show_default=True,
-              help="Comma-separated architectures to run, in order.")
-@click.option("--alexnet-weights", type=click.Path(), default=None,
-              help="Ported torchvision AlexNet weights (`kerasalex port-weights`); without them alexnet-torch is skipped.")
-@click.option("--vgg-weights", default=None,
-              help="VGG16 base: imagenet (download/cache; skipped when offline), none, or a local notop .h5.")
-@click.option("--eval-limit", type=click.IntRange(min=1), default=None, help="Evaluate on at most N images.")
-@click.option("--output-dir", "-o", type=click.Path(), default=None,
-              help="The study folder [studies/<dataset>-<recipe>]; rerunning into it resumes.")
+@decorate("study")
 def study(models, **options):
     """Train, evaluate and compare the study's models in one go.
 
     Scratch AlexNet, torchvision AlexNet (with --alexnet-weights) and VGG16
-    transfer (ImageNet base), each trained with the same recipe and evaluated on
+    transfer (ImageNet base), each trained with the same recipe (and the same
+    `train` options, any of which study takes) and evaluated on
     the test split (an image folder without test/: its held-out validation
     slice). Writes the comparison table, the loss curves of all models, per-class
     F1, each model's figures and REPORT.md into the study folder. Interrupted,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 import click
 
 from kerasalex.commands import user_errors
-from kerasalex.config import PRECISIONS, RECIPES
-
-_TUNERS = ("bayesian", "random", "hyperband")
-_OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
+from kerasalex.options import decorate
 
 
 def _address(flag: str, value: str) -> tuple[str, str]:
@@ -48,43 +46,7 @@ def configure_distributed(chief: str | None, worker: str | None, worker_id: str 
 
 
 @click.command()
-@click.option("--arch", default="alexnet", show_default=True, help="Architecture (see `kerasalex models`).")
-@click.option("--tuner", type=click.Choice(_TUNERS), default="bayesian", show_default=True,
-              help="Search algorithm: Gaussian-process Bayesian optimization, random search, or Hyperband.")
-@click.option("--max-trials", type=click.IntRange(min=1), default=None,
-              help="Trials in all (a rerun with more extends the search) [20; hyperband: its schedule].")
-@click.option("--max-epochs", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Epochs per trial (early stopping may end one sooner; hyperband: the longest round).")
-@click.option("--objective", type=click.Choice(_OBJECTIVES), default="val_accuracy", show_default=True)
-@click.option("--factor", type=click.IntRange(min=2), default=3, show_default=True, help="hyperband: reduction factor.")
-@click.option("--executions-per-trial", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Trainings per trial (other seeds), averaged.")
-@click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Early stopping: epochs without a better objective.")
-@click.option("--search-space", type=click.Path(), default=None,
-              help='JSON narrowing/widening the default space, e.g. {"lr": {"min": 1e-4, "max": 0.1, "sampling": "log"}, '
-                   '"optimizer": {"values": ["sgd", "adamw"]}, "augment": {"fixed": true}}.')
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True,
-              help="Values of the options the search does not tune.")
-@click.option("--dataset", default="cifar10", show_default=True,
-              help="cifar10, cifar100, digits (bundled, offline), or a folder with one subfolder per class.")
-@click.option("--data-dir", type=click.Path(), default=None, help="Local cifar-*-python.tar.gz or its extracted folder.")
-@click.option("--limit", type=click.IntRange(min=2), default=None, help="Search on at most N training images.")
-@click.option("--image-size", type=click.IntRange(min=1), default=None, help="Side images are fed at [architecture's].")
-@click.option("--val-split", type=float, default=None, help="Fraction held out to score trials [0.1].")
-@click.option("--seed", type=int, default=None, help="Random seed of every trial and of the search [0].")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Keras dtype policy [recipe's].")
-@click.option("--directory", type=click.Path(), default="tuning", show_default=True, help="Where searches live.")
-@click.option("--name", default=None, help="The search's folder in --directory [<arch>-<dataset>-<tuner>].")
-@click.option("--overwrite", is_flag=True, help="Delete an existing search of this name and start afresh.")
-@click.option("--output", "-o", type=click.Path(), default=None,
-              help="The retrained best model [saved_models/tune-<name>.keras].")
-@click.option("--retrain/--no-retrain", default=True, show_default=True,
-              help="Retrain the best trial on train+validation at the end.")
-@click.option("--chief", metavar="HOST:PORT", default=None,
-              help="Distributed: serve the search (the oracle) at HOST:PORT; workers run the trials.")
-@click.option("--worker", metavar="HOST:PORT", default=None, help="Distributed: run trials for the chief at HOST:PORT.")
-@click.option("--worker-id", default=None, help="Distributed: this worker's id, unique and kept across restarts.")
+@decorate("tune")
 def tune(chief, worker, worker_id, overwrite, search_space, **options):
     """Search hyperparameters with keras-tuner; hand the best to `train`.
 
@@ -92,6 +54,9 @@ def tune(chief, worker, worker_id, overwrite, search_space, **options):
     the same loop as `train`, with early stopping on the objective. At the
     end: trials.csv/trials.md, best_hparams.json (for `train --hparams`) and
     the best trial retrained on train+validation as a .keras file.
+
+    Every `train` option is taken too: given, it is fixed in every trial (a
+    name the search space holds is then not searched) and in the retrain.
 
     Interrupted (Ctrl-C, kill), the same command continues the search:
     finished trials are kept, the interrupted one runs again.
@@ -117,7 +82,10 @@ def tune(chief, worker, worker_id, overwrite, search_space, **options):
         from kerasalex.callbacks import GracefulStop, TrainingDiverged, TrainingInterrupted
 
         space = tuning.load_search_space(search_space)
-        config = tuning.TuneConfig(search_space=space, search_space_file=search_space, **options)
+        own = {f.name for f in dataclasses.fields(tuning.TuneConfig)}
+        fixed = {k: v for k, v in options.items() if k not in own and v is not None}
+        config = tuning.TuneConfig(search_space=space, search_space_file=search_space, train_options=fixed or None,
+                                   **{k: v for k, v in options.items() if k in own})
         stop = GracefulStop().install()
         try:
             result = tuning.search(config, overwrite=overwrite, stop=stop)
