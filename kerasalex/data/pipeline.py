@@ -13,6 +13,8 @@ from kerasalex.data.splits import Split
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in one epoch of ``n`` images (the last one may be short); at
+    least 1. The one count every loop, schedule and message uses."""
     return max(1, -(-n // batch_size))
 
 
