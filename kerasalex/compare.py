@@ -107,12 +107,11 @@ def evaluation_split(dataset: str) -> str:
     cifar100, digits, a folder with ``train/`` and ``test/``); ``"val"`` for
     an image folder without one, whose "test" split would be the training
     images: such runs are evaluated on the held-out validation slice."""
-    from kerasalex.data import NAMED_DATASETS
+    from kerasalex.data import NAMED_DATASETS, has_test_split
 
     if dataset in NAMED_DATASETS:
         return "test"
-    root = Path(dataset)
-    return "test" if (root / "train").is_dir() and (root / "test").is_dir() else "val"
+    return "test" if has_test_split(dataset) else "val"
 
 
 def accuracy_header(splits: Sequence[str]) -> str:
