@@ -23,7 +23,6 @@ from typing import Any, Callable, Sequence
 
 from kerasalex import files
 
-SPLITS = ("test", "val")
 CSV_COLUMNS = (
     "model", "arch", "run_dir", "finished", "epochs", "train_seconds", "loss_epoch_1", "loss_last", "last_epoch",
     "accuracy", "accuracy_split", "eval_images", "macro_f1", "images_per_second", "parameters", "missing",

@@ -378,7 +378,10 @@ def _describe_data(config: TrainConfig, data, seconds: float) -> None:
 
 def _check_plan(config: TrainConfig, arch) -> None:
     if config.fine_tune_epochs and arch.loop != "transfer":
-        raise ValueError(f"--fine-tune-epochs applies to transfer architectures (vgg16), not {config.arch}")
+        from kerasalex.models import ARCHITECTURES
+
+        transfer = ", ".join(a.name for a in ARCHITECTURES.values() if a.loop == "transfer")
+        raise ValueError(f"--fine-tune-epochs applies to transfer architectures ({transfer}), not {config.arch}")
     if arch.loop == "transfer":
         _say(f"plan: {config.epochs + config.fine_tune_epochs} epoch(s) = {config.epochs} head + "
              f"{config.fine_tune_epochs} fine-tuning (--epochs sets the total, --fine-tune-epochs the fine-tuning share)")
