@@ -23,7 +23,6 @@ from typing import Any, Callable, Sequence
 
 from kerasalex import files
 
-SPLITS = ("test", "val")
 CSV_COLUMNS = (
     "model", "arch", "run_dir", "finished", "epochs", "train_seconds", "loss_epoch_1", "loss_last", "last_epoch",
     "accuracy", "accuracy_split", "eval_images", "macro_f1", "images_per_second", "parameters", "missing",
@@ -107,12 +106,11 @@ def evaluation_split(dataset: str) -> str:
     cifar100, digits, a folder with ``train/`` and ``test/``); ``"val"`` for
     an image folder without one, whose "test" split would be the training
     images: such runs are evaluated on the held-out validation slice."""
-    from kerasalex.data import NAMED_DATASETS
+    from kerasalex.data import NAMED_DATASETS, has_test_split
 
     if dataset in NAMED_DATASETS:
         return "test"
-    root = Path(dataset)
-    return "test" if (root / "train").is_dir() and (root / "test").is_dir() else "val"
+    return "test" if has_test_split(dataset) else "val"
 
 
 def accuracy_header(splits: Sequence[str]) -> str:

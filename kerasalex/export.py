@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -36,25 +35,33 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from kerasalex import files
+from kerasalex.artifacts import (  # noqa: F401  (importable from here)
+    _RANDOM_OP,
+    BATCH,
+    FORMATS,
+    INFO_NAME,
+    INPUT_NAME,
+    INSTALL_HINT,
+    KERAS_FORMAT,
+    OUTPUT_NAME,
+    REQUIRED_MODULES,
+    RUNTIME,
+    Artifact,
+    ExportError,
+    artifact_format,
+    check_packages,
+    default_output,
+    graph_ops,
+    info_path,
+    missing_modules,
+    random_ops,
+)
 
-FORMATS = ("saved_model", "litert", "onnx")
-KERAS_FORMAT = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}
-RUNTIME = {"saved_model": "TensorFlow", "litert": "the LiteRT interpreter", "onnx": "onnxruntime"}
-# Python modules each format needs beyond TensorFlow (the converter and the runtime).
-REQUIRED_MODULES = {
-    "saved_model": (),
-    "litert": ("ai_edge_litert",),
-    "onnx": ("tf2onnx", "onnx", "onnxruntime"),
-}
-INSTALL_HINT = 'pip install "kerasalex[export]"'
-INFO_NAME = "kerasalex.json"
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
 # A float32 artifact must match the .keras model (run in float32) to this
 # max |probability difference| on the check batch. Measured on the three
 # architectures: at most ~1e-6 (see benchmarks/bench_export.py).
@@ -63,83 +70,6 @@ MAX_PROB_DIFF = 1e-4
 # share of top-1 classes.
 MIN_QUANTIZED_AGREEMENT = 0.95
 CHECK_IMAGES = 64
-BATCH = 64
-_RANDOM_OP = re.compile(r"random|multinomial", re.IGNORECASE)
-
-
-class ExportError(ValueError):
-    """The export cannot be made or failed its check (one line, for the CLI)."""
-
-
-# --------------------------------------------------------------------------
-# Packages
-# --------------------------------------------------------------------------
-
-
-def missing_modules(fmt: str) -> list[str]:
-    """The Python modules ``fmt`` needs that cannot be imported here."""
-    missing = []
-    for name in REQUIRED_MODULES[fmt]:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    return missing
-
-
-def check_packages(fmt: str) -> None:
-    """Raises one line naming the extra to install when ``fmt``'s packages are missing."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
-    missing = missing_modules(fmt)
-    if missing:
-        raise ExportError(f"--format {fmt} needs {', '.join(missing)}, which is not installed: {INSTALL_HINT}")
-
-
-# --------------------------------------------------------------------------
-# Paths
-# --------------------------------------------------------------------------
-
-
-def default_output(model_path: str | os.PathLike, fmt: str, quantize: bool = False) -> Path:
-    """``<stem>_saved_model/``, ``<stem>.tflite`` (``<stem>_int8.tflite``) or ``<stem>.onnx`` beside the model."""
-    model_path = Path(model_path)
-    stem = model_path.name[: -len(".keras")] if model_path.name.endswith(".keras") else model_path.stem
-    if fmt == "saved_model":
-        return model_path.with_name(f"{stem}_saved_model")
-    if fmt == "litert":
-        return model_path.with_name(f"{stem}_int8.tflite" if quantize else f"{stem}.tflite")
-    return model_path.with_name(f"{stem}.onnx")
-
-
-def info_path(artifact: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Where an artifact's ``kerasalex.json`` lives (see the module docstring)."""
-    artifact = Path(artifact)
-    fmt = fmt or artifact_format(artifact)
-    if fmt == "saved_model":
-        return artifact / "assets.extra" / INFO_NAME
-    return artifact.with_name(artifact.name + ".json")
-
-
-def artifact_format(path: str | os.PathLike) -> str:
-    """``saved_model`` (a folder with ``saved_model.pb``), ``litert`` (``.tflite``) or ``onnx`` (``.onnx``).
-
-    Raises:
-        ExportError: none of these.
-    """
-    path = Path(path)
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return "saved_model"
-        raise ExportError(f"{path} is a folder without saved_model.pb: not a SavedModel")
-    suffix = path.suffix.lower()
-    if suffix == ".tflite":
-        return "litert"
-    if suffix == ".onnx":
-        return "onnx"
-    raise ExportError(f"{path}: expected a .keras model, a SavedModel folder, a .tflite or an .onnx file")
 
 
 def _check_output(model_path: Path, output: Path, fmt: str, overwrite: bool) -> None:
@@ -292,143 +222,6 @@ def _check_onnx_ops(path: Path, model) -> None:
 
 
 # --------------------------------------------------------------------------
-# Running artifacts
-# --------------------------------------------------------------------------
-
-
-class Artifact:
-    """An exported model loaded in its own runtime.
-
-    Attributes:
-        path, format: the artifact.
-        info: its ``kerasalex.json`` ({} when there is none).
-        class_names: from ``info``, else "0".."n-1".
-        image_shape: (H, W, 3) the artifact takes.
-    """
-
-    def __init__(self, path: str | os.PathLike, fmt: str | None = None, threads: int | None = None):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise ExportError(f"model not found: {self.path}")
-        self.format = fmt or artifact_format(self.path)
-        check_packages(self.format)
-        self.threads = threads
-        self.info = self._read_info()
-        self._run: Callable[[np.ndarray], np.ndarray]
-        try:
-            shape, classes = getattr(self, f"_open_{self.format}")()
-        except ExportError:
-            raise
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ExportError(f"{RUNTIME[self.format]} could not load {self.path} ({type(exc).__name__}: {first})") from None
-        self.image_shape = tuple(self.info.get("image_shape") or shape)
-        names = self.info.get("class_names")
-        self.class_names = list(names) if names and len(names) == classes else [str(i) for i in range(classes)]
-
-    def _read_info(self) -> dict:
-        p = info_path(self.path, self.format)
-        if not p.is_file():
-            return {}
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, ValueError):
-            raise ExportError(f"{p} is not JSON") from None
-        return data if isinstance(data, dict) else {}
-
-    # --- runtimes ----------------------------------------------------------
-
-    def _open_saved_model(self):
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(str(self.path))
-        fn = loaded.signatures["serving_default"]
-        (_, spec), = fn.structured_input_signature[1].items()
-        out_key = OUTPUT_NAME if OUTPUT_NAME in fn.structured_outputs else next(iter(fn.structured_outputs))
-        self._loaded, self._fn = loaded, fn
-        in_key = next(iter(fn.structured_input_signature[1]))
-        self._run = lambda x: fn(**{in_key: tf.constant(x)})[out_key].numpy()
-        return tuple(spec.shape[1:]), int(fn.structured_outputs[out_key].shape[-1])
-
-    def _open_litert(self):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interpreter = it = Interpreter(model_path=str(self.path), num_threads=self.threads)
-        inp, out = it.get_input_details()[0], it.get_output_details()[0]
-        if inp["dtype"] != np.uint8:
-            raise ExportError(f"{self.path} takes {np.dtype(inp['dtype']).name} input, not uint8 images")
-
-        def run(x):
-            if tuple(it.get_input_details()[0]["shape"]) != x.shape:
-                it.resize_tensor_input(inp["index"], list(x.shape))
-                it.allocate_tensors()
-            it.set_tensor(inp["index"], x)
-            it.invoke()
-            return np.array(it.get_tensor(out["index"]))
-
-        it.allocate_tensors()  # a Flex (Select TF) op fails here: the stock interpreter has none
-        self._run = run
-        return tuple(int(d) for d in inp["shape"][1:]), int(out["shape"][-1])
-
-    def _open_onnx(self):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        options.log_severity_level = 3
-        self._session = s = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        inp, out = s.get_inputs()[0], s.get_outputs()[0]
-        if inp.type != "tensor(uint8)":
-            raise ExportError(f"{self.path} takes {inp.type} input, not uint8 images")
-        self._run = lambda x: s.run([out.name], {inp.name: x})[0]
-        return tuple(int(d) for d in inp.shape[1:]), int(out.shape[-1])
-
-    # --- use -----------------------------------------------------------------
-
-    def predict(self, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
-        """Class probabilities (N, classes) for uint8 images (N, H, W, 3) of :attr:`image_shape`."""
-        from kerasalex.preprocessing import check_images
-
-        x = check_images(x)
-        if tuple(x.shape[1:3]) != tuple(self.image_shape[:2]):
-            raise ExportError(
-                f"{self.path} takes {self.image_shape[0]}x{self.image_shape[1]} images; got {x.shape[1]}x{x.shape[2]}"
-            )
-        out = [np.asarray(self._run(np.ascontiguousarray(x[i : i + batch_size])), np.float32)
-               for i in range(0, len(x), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
-
-    def ops(self) -> list[str]:
-        """The op types in the artifact's graph (for the random-op check)."""
-        return graph_ops(self.path, self.format)
-
-
-def graph_ops(path: str | os.PathLike, fmt: str | None = None) -> list[str]:
-    """The op types of an artifact: TensorFlow ops of the SavedModel's serving
-    graph (with its functions), LiteRT builtin op names, ONNX op types."""
-    path = Path(path)
-    fmt = fmt or artifact_format(path)
-    if fmt == "saved_model":
-        import tensorflow as tf
-
-        fn = tf.saved_model.load(str(path)).signatures["serving_default"]
-        gd = fn.graph.as_graph_def()
-        return sorted({n.op for n in gd.node} | {n.op for f in gd.library.function for n in f.node_def})
-    if fmt == "litert":
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        it = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        return sorted({d["op_name"] for d in it._get_ops_details()})
-    import onnx
-
-    return sorted({n.op_type for n in onnx.load(str(path)).graph.node})
-
-
-def random_ops(path: str | os.PathLike, fmt: str | None = None) -> list[str]:
-    """The random ops in an artifact's graph (there must be none)."""
-    return [op for op in graph_ops(path, fmt) if _RANDOM_OP.search(op)]
-
 
 # --------------------------------------------------------------------------
 # The check batch
@@ -537,10 +330,41 @@ def export_model(
     Raises:
         ExportError / ModelFileError: one line; nothing is written.
     """
+    model_path = Path(model_path)
+    output, model, names, shape = _open_for_export(model_path, fmt, output, quantize, overwrite, image_size)
+    t0 = time.perf_counter()
+    x, labels, where = check_batch(shape, dataset, data_dir, limit, names)
+    graph = export_graph(float32_model(model), shape)
+    # Called batch by batch (the same values as predict in float32, without a retrace per export).
+    reference = np.concatenate(
+        [np.asarray(graph(x[i : i + BATCH], training=False)[OUTPUT_NAME], np.float32) for i in range(0, len(x), BATCH)]
+    )
+    tmp, target = _temp_target(output, fmt)
+    try:
+        _write(fmt, graph, model, target, quantize)
+        figures = _check_artifact(target, fmt, x, reference, labels, quantize, model_path, where)
+        figures.update(output=str(output), format=fmt, quantized=bool(quantize), checked_on=where,
+                       runtime=RUNTIME[fmt])
+        info = _info_record(model_path, fmt, names, shape, quantize, figures)
+        size = _publish(tmp, target, output, fmt, info)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    figures["bytes"] = int(size)
+    figures["info"] = str(info_path(output, fmt))
+    figures["seconds"] = round(time.perf_counter() - t0, 2)
+    return figures
+
+
+def _open_for_export(model_path: Path, fmt: str, output, quantize: bool, overwrite: bool, image_size: int | None):
+    """Checks the options, the output path and the packages (before
+    TensorFlow is imported), then loads the model.
+
+    Returns:
+        ``(output, model, class_names, image_shape)``.
+    """
     from kerasalex.models import get_class_names, get_image_shape
     from kerasalex.preprocessing import check_class_names
 
-    model_path = Path(model_path)
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     if quantize and fmt != "litert":
@@ -556,70 +380,73 @@ def export_model(
         shape = (int(image_size), int(image_size), 3)
     if len(shape) != 3 or shape[0] is None or shape[1] is None:
         raise ExportError(f"{model_path} does not record the image size it takes; pass --image-size N")
+    return output, model, names, shape
 
-    t0 = time.perf_counter()
-    x, labels, where = check_batch(shape, dataset, data_dir, limit, names)
-    graph = export_graph(float32_model(model), shape)
-    # Called batch by batch (the same values as predict in float32, without a retrace per export).
-    reference = np.concatenate(
-        [np.asarray(graph(x[i : i + BATCH], training=False)[OUTPUT_NAME], np.float32) for i in range(0, len(x), BATCH)]
-    )
 
-    tmp, target = _temp_target(output, fmt)
-    try:
-        _write(fmt, graph, model, target, quantize)
-        art = Artifact(target, fmt)
-        randoms = [op for op in art.ops() if _RANDOM_OP.search(op)]
-        if randoms:
-            raise ExportError(f"the exported graph holds random ops ({', '.join(randoms)}); nothing written")
-        probs = art.predict(x)
-        figures = compare(reference, probs, labels)
-        again = art.predict(x[: min(len(x), 8)])
-        if not np.array_equal(again, probs[: len(again)]):
-            raise ExportError(f"the {fmt} artifact gives different outputs for the same images; nothing written")
-        figures.update(output=str(output), format=fmt, quantized=bool(quantize), checked_on=where,
-                       runtime=RUNTIME[fmt])
-        if quantize:
-            figures["tolerance"] = f"top-1 agreement >= {MIN_QUANTIZED_AGREEMENT:.0%}"
-            ok = figures["top1_agreement"] >= MIN_QUANTIZED_AGREEMENT
-        else:
-            figures["tolerance"] = f"max |probability difference| <= {MAX_PROB_DIFF:g}"
-            ok = figures["max_prob_diff"] <= MAX_PROB_DIFF
-        if not ok:
-            raise ExportError(
-                f"the {fmt} artifact disagrees with {model_path} on {where}: max |probability difference| "
-                f"{figures['max_prob_diff']:.3g}, top-1 agreement {figures['top1_agreement']:.2%} "
-                f"(tolerance: {figures['tolerance']}); nothing written"
-            )
-        del art
-        info = {
-            "class_names": names,
-            "image_shape": [int(shape[0]), int(shape[1]), 3],
-            "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [None, int(shape[0]), int(shape[1]), 3],
-                      "values": "RGB 0..255"},
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [None, len(names)],
-                       "values": "class probabilities (softmax)"},
-            # How image files are decoded and resized for it (kerasalex predict).
-            "preprocessing": files.read_model_metadata(model_path).get("preprocessing"),
-            "format": fmt,
-            "quantized": bool(quantize),
-            "source": model_path.name,
-            "check": {k: figures[k] for k in ("images", "max_prob_diff", "top1_agreement", "checked_on", "tolerance")},
-        }
-        if fmt == "saved_model":
-            (target / "assets.extra").mkdir(exist_ok=True)
-            (target / "assets.extra" / INFO_NAME).write_text(json.dumps(info, indent=1) + "\n")
-            size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-            _replace(target, output)
-        else:
-            side = tmp / "info.json"
-            side.write_text(json.dumps(info, indent=1) + "\n")
-            size = target.stat().st_size
-            _replace(target, output)
-            _replace(side, info_path(output, fmt))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    figures["bytes"] = int(size)
-    figures["info"] = str(info_path(output, fmt))
-    figures["seconds"] = round(time.perf_counter() - t0, 2)
+def _check_artifact(target: Path, fmt: str, x, reference, labels, quantize: bool, model_path: Path, where: str) -> dict:
+    """Runs the written artifact in its own runtime on the check batch and
+    compares it with the ``.keras`` model's ``reference`` probabilities.
+
+    Returns:
+        The figures of :func:`compare` and ``tolerance``.
+
+    Raises:
+        ExportError: random ops in the graph, outputs that change between
+            calls, or a difference beyond the tolerance.
+    """
+    art = Artifact(target, fmt)
+    randoms = [op for op in art.ops() if _RANDOM_OP.search(op)]
+    if randoms:
+        raise ExportError(f"the exported graph holds random ops ({', '.join(randoms)}); nothing written")
+    probs = art.predict(x)
+    figures = compare(reference, probs, labels)
+    again = art.predict(x[: min(len(x), 8)])
+    if not np.array_equal(again, probs[: len(again)]):
+        raise ExportError(f"the {fmt} artifact gives different outputs for the same images; nothing written")
+    if quantize:
+        figures["tolerance"] = f"top-1 agreement >= {MIN_QUANTIZED_AGREEMENT:.0%}"
+        ok = figures["top1_agreement"] >= MIN_QUANTIZED_AGREEMENT
+    else:
+        figures["tolerance"] = f"max |probability difference| <= {MAX_PROB_DIFF:g}"
+        ok = figures["max_prob_diff"] <= MAX_PROB_DIFF
+    if not ok:
+        raise ExportError(
+            f"the {fmt} artifact disagrees with {model_path} on {where}: max |probability difference| "
+            f"{figures['max_prob_diff']:.3g}, top-1 agreement {figures['top1_agreement']:.2%} "
+            f"(tolerance: {figures['tolerance']}); nothing written"
+        )
     return figures
+
+
+def _info_record(model_path: Path, fmt: str, names, shape, quantize: bool, figures: dict) -> dict:
+    """The artifact's ``kerasalex.json``: classes, input and output contract, decoding rule, the check's figures."""
+    return {
+        "class_names": names,
+        "image_shape": [int(shape[0]), int(shape[1]), 3],
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [None, int(shape[0]), int(shape[1]), 3],
+                  "values": "RGB 0..255"},
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [None, len(names)],
+                   "values": "class probabilities (softmax)"},
+        # How image files are decoded and resized for it (kerasalex predict).
+        "preprocessing": files.read_model_metadata(model_path).get("preprocessing"),
+        "format": fmt,
+        "quantized": bool(quantize),
+        "source": model_path.name,
+        "check": {k: figures[k] for k in ("images", "max_prob_diff", "top1_agreement", "checked_on", "tolerance")},
+    }
+
+
+def _publish(tmp: Path, target: Path, output: Path, fmt: str, info: dict) -> int:
+    """Moves the checked artifact and its ``kerasalex.json`` into place; returns its size in bytes."""
+    if fmt == "saved_model":
+        (target / "assets.extra").mkdir(exist_ok=True)
+        (target / "assets.extra" / INFO_NAME).write_text(json.dumps(info, indent=1) + "\n")
+        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+        _replace(target, output)
+        return size
+    side = tmp / "info.json"
+    side.write_text(json.dumps(info, indent=1) + "\n")
+    size = target.stat().st_size
+    _replace(target, output)
+    _replace(side, info_path(output, fmt))
+    return size

@@ -247,6 +247,8 @@ def feature_stream(
 
 def feature_eval_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, num_classes: int):
     """Batches of (float32 features, one-hot labels) in order, for validation."""
+    from kerasalex.data import steps_per_epoch
+
     eye = np.eye(num_classes, dtype=np.float32)
     n = int(features.shape[0])
 
@@ -254,7 +256,7 @@ def feature_eval_dataset(features: np.ndarray, labels: np.ndarray, batch_size: i
         for i in range(0, n, batch_size):
             yield np.asarray(features[i : i + batch_size], dtype=np.float32), eye[labels[i : i + batch_size]]
 
-    return _feature_dataset(batches, -(-n // batch_size), features, num_classes)
+    return _feature_dataset(batches, steps_per_epoch(n, batch_size), features, num_classes)
 
 
 # --------------------------------------------------------------------------
@@ -387,7 +389,7 @@ def fit_transfer(model, config: TrainConfig, data, callbacks, verbose, initial_e
     Returns:
         The trained end-to-end model.
     """
-    from kerasalex.data import eval_dataset, train_stream
+    from kerasalex.data import eval_dataset, steps_per_epoch, train_stream
     from kerasalex.training import compile_model, fit_standard
 
     layer = config.unfreeze_from or DEFAULT_UNFREEZE_FROM
@@ -410,7 +412,7 @@ def fit_transfer(model, config: TrainConfig, data, callbacks, verbose, initial_e
         return model
 
     # --- stage 2: fine-tuning -------------------------------------------
-    steps = max(1, -(-len(data.train) // config.batch_size))
+    steps = steps_per_epoch(len(data.train), config.batch_size)
     if initial_epoch <= config.epochs:
         # Fresh from the head stage (or resumed at its end): unfreeze and recompile.
         lr = float(config.fine_tune_lr or DEFAULT_FINE_TUNE_LR)

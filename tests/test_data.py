@@ -252,7 +252,8 @@ def test_folder_bad_input(tmp_path, monkeypatch, setup, match):
 def test_carve_validation_is_stratified_fixed_and_disjoint():
     d = D.load_data("digits")
     a = D.carve_validation(d, 0.2)
-    b = D.carve_validation(d, 0.2, seed=7)  # --seed does not move the validation slice
+    np.random.seed(7)  # --seed (the global RNGs) does not move the validation slice
+    b = D.carve_validation(d, 0.2)
     np.testing.assert_array_equal(a.val.y, b.val.y)
     assert len(a.train) + len(a.val) == len(d.train)
     assert abs(len(a.val) - 0.2 * len(d.train)) <= 1
@@ -264,6 +265,29 @@ def test_carve_validation_with_limit():
     d = D.carve_validation(D.load_data("digits"), 0.1, limit=100)
     assert len(d.train) == 100
     assert 5 <= len(d.val) <= 20
+
+
+def test_prepare_is_load_then_carve_with_the_record():
+    rule = D.ResizeRule(D.DEFAULT_IMAGE_SIZE, "squash", "nearest")
+    d = D.prepare("digits", rule, val_split=0.1, limit=100)
+    assert d.test is None and len(d.train) == 100 and d.image_shape == (32, 32, 3)
+    c = D.carve_validation(D.load_data("digits", interpolation="nearest", test=False), 0.1, limit=100)
+    np.testing.assert_array_equal(d.train.x, c.train.x)
+    np.testing.assert_array_equal(d.val.y, c.val.y)
+    rec = d.training_data
+    assert (rec["dataset"], rec["val_split"], rec["limit"], rec["split_seed"]) == ("digits", 0.1, 100, D.SPLIT_SEED)
+    assert rec["held_out_fingerprint"] == D.fingerprint(d.val) and rec["preprocessing"] == rule.to_dict()
+
+
+def test_folder_layout_is_one_rule(tmp_path):
+    flat = tmp_path / "flat"
+    (flat / "a").mkdir(parents=True)
+    assert D.folder_layout(flat) == (flat, flat) and not D.has_test_split(str(flat))
+    split = tmp_path / "split"
+    (split / "train" / "a").mkdir(parents=True)
+    assert D.folder_layout(split) == (split / "train", None) and not D.has_test_split(str(split))
+    (split / "test" / "a").mkdir(parents=True)
+    assert D.folder_layout(split) == (split / "train", split / "test") and D.has_test_split(str(split))
 
 
 def test_train_stream_order_is_a_function_of_seed_and_epoch():

@@ -231,3 +231,18 @@ def test_a_model_without_a_training_record_is_refused_unless_told(work):
     assert "carries no record of its training data" in r.output
     r = invoke(["evaluate", dst, "--dataset", "flat", "--val-split", "0.2"], cwd)  # the user vouches for it
     assert "Held-out accuracy" in r.output and "(6 images" in r.output
+
+
+def test_probabilities_and_loss_are_the_libraries_figures():
+    """softmax is keras.ops.softmax, the test loss scikit-learn's log_loss: the
+    same figures as the textbook formulas, for confident and uncertain rows."""
+    from kerasalex.evaluation import log_loss, softmax
+
+    logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 10.0], [-50.0, 50.0, 0.0]], np.float32)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    want = e / e.sum(axis=1, keepdims=True)
+    probs = softmax(logits)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs, want, rtol=1e-6, atol=1e-12)
+    y = np.array([2, 0, 1])
+    assert log_loss(y, probs, 3) == pytest.approx(float(-np.mean(np.log(want[np.arange(3), y]))), rel=1e-6)

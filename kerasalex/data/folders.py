@@ -1,0 +1,366 @@
+"""Image folders: which files are taken (and which left out, with the reason),
+the train/test layout, and decoding a class-per-subfolder tree into a cached
+uint8 :class:`~kerasalex.data.Split`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, NamedTuple, Sequence
+
+import numpy as np
+
+from kerasalex.data.decoding import DECODING_VERSION, ResizeRule, _image_cms, decode_image, max_image_pixels
+from kerasalex.data.splits import ImageData, Split
+
+# --------------------------------------------------------------------------
+# Image folders: which files are taken
+# --------------------------------------------------------------------------
+
+# The extensions a folder scan takes (case-insensitive): the raster formats
+# Pillow reads. A file with another extension is left out and named, with
+# what it is when Pillow can read it anyway.
+IMAGE_EXTENSIONS = {
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga",
+}
+
+
+def _not_an_image_reason(path: Path) -> str:
+    from PIL import Image
+
+    ext = path.suffix.lower()
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+    except Exception:
+        fmt = None
+    if fmt:
+        return (f"a {fmt} image, but its extension {ext or '(none)'!r} is not one the scan takes "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))}); rename it to use it")
+    if ext in (".heic", ".heif", ".avif", ".jxl"):
+        return f"{ext} images are not read (Pillow has no decoder for them here); convert it to JPEG or PNG"
+    return f"not an image file (extension {ext or '(none)'!r})"
+
+
+def list_image_files(folder: Path, left_out: list[dict] | None = None) -> list[Path]:
+    """The image files under ``folder`` at any depth, sorted.
+
+    Taken: files whose extension is in :data:`IMAGE_EXTENSIONS`. Left out, and
+    appended to ``left_out`` as ``{"path", "reason"}``: anything with a path
+    component starting with ``.`` below ``folder`` (``.ipynb_checkpoints/``,
+    ``.DS_Store``: one entry per hidden folder), and every other file.
+    """
+    folder = Path(folder)
+    taken: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        d = Path(dirpath)
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                count = sum(len(f) for _, _, f in os.walk(d / name))
+                if left_out is not None:
+                    left_out.append({"path": str(d / name) + os.sep,
+                                     "reason": f"hidden folder (name starts with '.'): its {count} file(s) are not read"})
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for name in sorted(filenames):
+            p = d / name
+            if name.startswith("."):
+                if left_out is not None:
+                    left_out.append({"path": str(p), "reason": "hidden file (name starts with '.')"})
+            elif p.suffix.lower() in IMAGE_EXTENSIONS:
+                taken.append(p)
+            elif left_out is not None:
+                left_out.append({"path": str(p), "reason": _not_an_image_reason(p)})
+    return sorted(taken)
+
+
+def _class_folders(root: Path, left_out: list[dict] | None = None) -> list[Path]:
+    out = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith("."):
+            out.append(p)
+        elif left_out is not None:
+            kind = "folder" if p.is_dir() else "file"
+            why = (f"hidden {kind} (name starts with '.')" if p.name.startswith(".")
+                   else "not inside a class folder (each class is a subfolder)")
+            left_out.append({"path": str(p) + (os.sep if p.is_dir() else ""), "reason": why})
+    return out
+
+
+def describe_left_out(left_out: Sequence[dict], where: str = "") -> str:
+    """One line summarising files left out, by reason (the full list goes to the run's config.json)."""
+    if not left_out:
+        return ""
+    kinds: dict[str, int] = {}
+    for e in left_out:
+        r = e["reason"]
+        key = ("hidden" if r.startswith("hidden") else "not an image file" if r.startswith("not an image file")
+               else "not inside a class folder" if r.startswith("not inside") else "unreadable" if r.startswith("unreadable")
+               else "readable image with another extension (rename it)" if " image, but its extension" in r
+               else r.split(";")[0])
+        kinds[key] = kinds.get(key, 0) + 1
+    first = "; ".join(f"{Path(e['path']).name}: {e['reason']}" for e in left_out[:3])
+    more = f"; ... ({len(left_out) - 3} more)" if len(left_out) > 3 else ""
+    by = ", ".join(f"{n} {k}" for k, n in kinds.items())
+    return f"left out {len(left_out)} file(s){' under ' + where if where else ''} ({by}): {first}{more}"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("KERASALEX_CACHE_DIR", Path.home() / ".cache" / "kerasalex")) / "folders"
+
+
+def _folder_key(root: Path, files: Sequence[Path], rule: ResizeRule) -> str:
+    """Keyed on every decoding option and the decoding rule's version, so a
+    cache written by another rule (or an older kerasalex) is never reused."""
+    import PIL
+
+    h = hashlib.sha1(
+        f"{root.resolve()}|{rule.size}|{rule.resize}|{rule.interpolation}|v{DECODING_VERSION}|"
+        f"cms={_image_cms() is not None}|max_pixels={max_image_pixels()}|pillow={PIL.__version__}".encode()
+    )
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _warn_skipped(root: Path, skipped: Sequence[str], reasons: Sequence[str] = ()) -> None:
+    if skipped:
+        items = [r or s for s, r in zip(skipped, list(reasons) + [""] * len(skipped))]
+        shown = "; ".join(items[:10]) + (f"; ... ({len(items) - 10} more)" if len(items) > 10 else "")
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {root}: {shown}", stacklevel=3)
+
+
+class FolderScan(NamedTuple):
+    """What :func:`scan_folder` found.
+
+    Attributes:
+        split: the decoded images, labels and ``ids`` (paths relative to the root).
+        class_names: the class of each label index.
+        skipped: image files that could not be decoded (corrupt, too large).
+        left_out: every file not used, ``{"path", "reason"}`` (the skipped ones included).
+    """
+
+    split: "Split"
+    class_names: list[str]
+    skipped: list[str]
+    left_out: list[dict]
+
+
+def scan_folder(
+    root: Path,
+    size: int | ResizeRule,
+    class_names: Sequence[str] | None = None,
+    workers: int = 4,
+) -> FolderScan:
+    """Decodes a folder with one subfolder per class into a uint8 :class:`Split`.
+
+    Args:
+        root: the folder.
+        size: the side images are fed at, or the whole :class:`ResizeRule`.
+        class_names: the model's classes, for a test folder: its class
+            folders must be among them (matched by name; a class may be
+            absent) and labels are indices into them. None: the class folders
+            found, sorted, are the classes.
+
+    Returns:
+        A :class:`FolderScan`. Results are cached on disk (``~/.cache/kerasalex``
+        or ``$KERASALEX_CACHE_DIR``), keyed by the files' names, sizes and
+        mtimes and every decoding option.
+
+    Raises:
+        ValueError: no such folder, fewer than two classes, a class folder
+            the model does not know, a class without readable images.
+    """
+    rule = size if isinstance(size, ResizeRule) else ResizeRule(int(size))
+    root = Path(root)
+    if not root.exists():
+        raise ValueError(f"dataset folder not found: {root}")
+    if not root.is_dir():
+        raise ValueError(f"dataset must be a folder with one subfolder per class. Received a file: {root}")
+    left_out: list[dict] = []
+    class_names, found, files, labels = _class_files(root, class_names, left_out)
+    ids_all = [f.relative_to(root).as_posix() for f in files]
+    cache = _cache_dir() / f"{_folder_key(root, files, rule)}.npz"
+    cached = _read_cache(cache, ids_all)
+    if cached is not None:
+        split, skipped, reasons = cached
+        _warn_skipped(root, skipped, reasons)  # every run names them, not only the first
+        left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(skipped, reasons)]
+        return FolderScan(split, list(class_names), skipped, left_out)
+
+    x, ok, skipped, reasons = _decode_files(files, rule, workers)
+    y = np.asarray(labels, dtype=np.int32)
+    x, y = x[ok], y[ok]
+    for name in found:
+        if not np.any(y == list(class_names).index(name)):
+            raise ValueError(f"class folder {root / name} holds no readable image (all unreadable: "
+                             f"{reasons[0] if reasons else 'corrupt'})")
+    _warn_skipped(root, skipped, reasons)
+    _write_cache(cache, x, y, ok, skipped, reasons)
+    left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(skipped, reasons)]
+    return FolderScan(Split(x, y, [i for i, k in zip(ids_all, ok) if k]), list(class_names), skipped, left_out)
+
+
+def _class_files(root: Path, class_names: Sequence[str] | None, left_out: list[dict]):
+    """The classes, the class folders found, and every image file with its
+    label, checked against ``class_names`` when given (see :func:`scan_folder`)."""
+    folders = _class_folders(root, left_out)
+    found = [f.name for f in folders]
+    if class_names is None:
+        class_names = found
+        if not folders:
+            raise ValueError(f"no class subfolders in {root}; expected one subfolder of images per class")
+        if len(folders) == 1:
+            raise ValueError(f"only one class folder ({folders[0].name!r}) in {root}; expected at least 2 classes")
+    else:
+        unknown = [n for n in found if n not in class_names]
+        if unknown:
+            raise ValueError(f"class folders of {root} {unknown[:12]} are not among the model's classes "
+                             f"{list(class_names)[:12]}; a test folder may lack classes, but not add any")
+        if not folders:
+            raise ValueError(f"no class subfolders in {root}; expected subfolders named like the model's classes {list(class_names)[:12]}")
+    files: list[Path] = []
+    labels: list[int] = []
+    for name in found:
+        fs = list_image_files(root / name, left_out)
+        if not fs:
+            raise ValueError(f"class folder {root / name} holds no image files (expected files ending in "
+                             f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+        files += fs
+        labels += [list(class_names).index(name)] * len(fs)
+    return class_names, found, files, labels
+
+
+def _decode_files(files: Sequence[Path], rule: ResizeRule, workers: int):
+    """Decodes ``files`` on ``workers`` threads: (images, ok mask, skipped paths, their reasons)."""
+    x = np.empty((len(files), rule.size, rule.size, 3), dtype=np.uint8)
+    ok = np.ones(len(files), dtype=bool)
+    skipped: list[str] = []
+    reasons: list[str] = []
+
+    def work(i: int):
+        try:
+            x[i] = decode_image(files[i], rule.size, rule.resize, rule.interpolation)
+            return None
+        except ValueError as exc:
+            return i, str(exc)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for res in pool.map(work, range(len(files))):
+            if res is not None:
+                ok[res[0]] = False
+                skipped.append(str(files[res[0]]))
+                reasons.append(res[1])
+    return x, ok, skipped, reasons
+
+
+def _read_cache(cache: Path, ids_all: Sequence[str]):
+    """(split, skipped, reasons) from a folder's decode cache; None when there
+    is none or it is damaged or older (it is then rebuilt)."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            ok = z["ok"]
+            split = Split(z["x"], z["y"], [i for i, k in zip(ids_all, ok) if k])
+            return split, [str(s) for s in z["skipped"]], [str(s) for s in z["reasons"]]
+    except Exception:
+        return None
+
+
+def _write_cache(cache: Path, x, y, ok, skipped, reasons) -> None:
+    try:
+        from kerasalex.files import atomic_path
+
+        with atomic_path(cache, suffix=".npz") as tmp:
+            np.savez(tmp, x=x, y=y, ok=ok, skipped=np.asarray(skipped, dtype=str), reasons=np.asarray(reasons, dtype=str))
+    except OSError:
+        pass  # the cache is an optimisation only
+
+
+def folder_layout(root: str | os.PathLike) -> tuple[Path, Path | None]:
+    """Where an image folder keeps its splits: ``(train_root, test_root)``.
+
+    * ``root/train/`` and ``root/test/``: those two;
+    * ``root/train/`` without ``test/``: ``(root/train, None)``, no test split;
+    * no ``train/``: ``(root, root)``: ``root/<class>/`` is the training data,
+      and also what ``evaluate --split test`` scores (see
+      :func:`kerasalex.evaluation.held_out_split` for its held-out slice).
+
+    Every command (train, tune, evaluate, compare, export) reads a folder by
+    this rule.
+    """
+    root = Path(root)
+    if (root / "train").is_dir():
+        return root / "train", (root / "test" if (root / "test").is_dir() else None)
+    return root, root
+
+
+def has_test_split(dataset: str) -> bool:
+    """Whether an image folder has test images of its own (``train/`` and ``test/``)."""
+    train_root, test_root = folder_layout(dataset)
+    return test_root is not None and test_root != train_root
+
+
+def load_folder(root: str | os.PathLike, size: int | ResizeRule, test: bool = True,
+                class_names: Sequence[str] | None = None) -> ImageData:
+    """An image folder: ``root/train/<class>/`` and ``root/test/<class>/`` when
+    ``train/`` exists; otherwise ``root/<class>/`` is the training data (and
+    also what ``evaluate --split test`` uses as its test data).
+
+    Args:
+        test: read ``root/test/`` too. Training passes False: it never reads
+            the test split, so a ``test/`` lacking a class is no concern of its.
+        class_names: the model's classes (evaluation): ``test/`` is matched to
+            them by name.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise ValueError(f"dataset folder not found: {root}")
+    train_root, test_root = folder_layout(root)
+    train_scan = scan_folder(train_root, size, class_names=class_names)
+    names, skipped, left_out = train_scan.class_names, list(train_scan.skipped), list(train_scan.left_out)
+    test_split = None
+    if test_root == train_root:
+        test_split = train_scan.split
+    elif test_root is not None and test:
+        t = scan_folder(test_root, size, class_names=names)
+        test_split = t.split
+        skipped += t.skipped
+        left_out += t.left_out
+    return ImageData(root.name or str(root), names, train=train_scan.split, test=test_split,
+                     skipped=skipped, left_out=left_out)
+
+
+def iter_image_paths(paths: Iterable[str], left_out: list[dict] | None = None) -> list[Path]:
+    """The image files ``predict`` reads: each file named (whatever its
+    extension: naming a file takes it), and the image files of each folder
+    named, by the folder scan's rule (:func:`list_image_files`; what it
+    leaves out is appended to ``left_out``).
+
+    Raises:
+        ValueError: a path does not exist, or no image file was found (the
+            message names the folders and the extensions expected).
+    """
+    out = []
+    folders = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise ValueError(f"image not found: {p}")
+        if p.is_dir():
+            folders.append(p)
+            out += list_image_files(p, left_out)
+        else:
+            out.append(p)
+    if not out:
+        where = ", ".join(str(f) for f in folders) or "(nothing)"
+        raise ValueError(
+            f"no image files in {where}: expected files ending in {', '.join(sorted(IMAGE_EXTENSIONS))} "
+            f"(any depth; hidden files and folders are skipped)"
+        )
+    return out
