@@ -37,20 +37,6 @@ class SearchResult:
     role: str
 
 
-def _prepare_data(base: TrainConfig):
-    from kerasalex import data as D
-    from kerasalex.models import get_architecture
-    from kerasalex.training import resize_rule
-
-    arch = get_architecture(base.arch)
-    rule = resize_rule(base)  # the same decoding and resizing as train
-    if rule.size < arch.min_image_size:
-        raise ValueError(f"--image-size {rule.size} is too small for {base.arch} (at least {arch.min_image_size})")
-    ds = D.load_data(base.dataset, base.data_dir, image_size=rule.size, resize=rule.resize,
-                     interpolation=rule.interpolation, test=False)
-    return D.carve_validation(ds, base.val_split, base.limit)
-
-
 def role() -> str:
     """``chief``, ``worker`` or ``single``, from the KERASTUNER_* environment."""
     if not internals.has_chief_oracle():
@@ -125,12 +111,12 @@ def _open_project(config: TuneConfig, who: str, overwrite: bool) -> Path:
 
 def _prepare(config: TuneConfig, base: TrainConfig, project: Path):
     """Sets the dtype policy and loads the data, saying what it found."""
-    from kerasalex.training import explain_precision, resolve_precision, set_precision
+    from kerasalex.training import explain_precision, prepare_data, resolve_precision, set_precision
 
     precision = resolve_precision(base.precision)
     set_precision(precision)
     say(explain_precision(base.precision, precision, base.arch))
-    data = _prepare_data(base)
+    data = prepare_data(base)  # the same data path as train
     say(
         f"{data.name}: {len(data.train)} training / {len(data.val) if data.val is not None else 0} validation images "
         f"{data.image_shape}, {data.num_classes} classes; searching {config.tuner} in {project}"
