@@ -196,14 +196,13 @@ def resolved_record(config: TrainConfig, data, model, steps: int, **fields) -> d
     """config.json's ``resolved``: what the run's options and data resolved to."""
     import numpy as np
 
-    from kerasalex.compiling import warmup_steps
+    from kerasalex.compiling import schedule_warmup_steps
 
     return {
         "precision": fields["precision"], "steps_per_epoch": steps, "train_images": len(data.train),
         "batch_size": config.batch_size, "batch_size_before_min_steps": fields["recipe_batch"],
         "short_run": fields["short"], "dropout": config.dropout,
-        "warmup_steps": (warmup_steps(config.warmup_epochs, steps, steps * config.epochs)
-                         if config.schedule == "cosine" else 0),
+        "warmup_steps": schedule_warmup_steps(config, steps, steps * config.epochs),
         "val_images": len(data.val) if data.val is not None else 0,
         "class_names": data.class_names, "image_shape": list(data.image_shape),
         "skipped_files": data.skipped, "left_out_files": data.left_out,
