@@ -3,20 +3,24 @@
 Every file kerasalex writes goes to a temporary file in the same folder, is
 flushed to disk and then renamed over the target, so a kill at any moment
 leaves either the old file or the new one, never a torn one.
+
+This module imports nothing from kerasalex (``tests/test_registry.py`` checks
+it): what model files may hold beyond stock Keras, and the metadata a model
+carries, come from the model table as a :class:`ModelFileRules`, which
+:mod:`kerasalex.models` installs with :func:`set_model_file_rules` when it is
+imported. Without it the checked loader accepts stock Keras layers only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
-
-import numpy as np
+from typing import Any, Callable, Iterator, Mapping
 
 TEMP_MARKER = ".tmp-"
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -211,72 +215,48 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-# Variables above this size are written to HDF5 in row blocks of about this
-# size, never converted to one NumPy array (see _lean_h5_writes).
-H5_BLOCK_BYTES = 8 * 1024**2
+@dataclasses.dataclass(frozen=True)
+class ModelFileRules:
+    """What kerasalex's model table adds to this module's model files.
 
-
-@contextlib.contextmanager
-def _lean_h5_writes() -> Iterator[None]:
-    """While saving weights, writes each large variable into its HDF5 dataset
-    block by block instead of through one full NumPy copy (Keras' own
-    ``H5IOStore`` converts every variable, and its optimizer calls
-    ``variable.numpy()`` first): for the scratch AlexNet, whose 4096x4096 kernel
-    and its momentum are 64 MiB each, this takes ~130 MB off the peak RSS of a
-    save. The file is the same: one contiguous dataset per variable, same
-    names, dtypes and values. Falls back to Keras' own code for anything else
-    (bfloat16 variables, scalars, a Keras whose store lacks what this uses).
+    Attributes:
+        layers: layer class names a file may hold beyond :data:`STOCK_LAYERS`
+            (every architecture's, the training front's, legacy ones).
+        ops: Keras operation classes (``keras.src.ops``) a functional graph may call.
+        classes: kerasalex's own serializable classes (registered as
+            ``"kerasalex>Name"``): class name -> the module it must name.
+        register_classes: imports the modules that register ``classes`` with Keras.
+        describe: ``model -> dict``, the metadata a model carries itself
+            (class names, image shape); :func:`save_model` writes it first.
+        attach: ``(model, class_names, image_shape)``: gives a loaded model
+            what its file's metadata records (either may be None).
+        save_weights: ``(model, path)``: writes a ``.weights.h5``
+            (default ``model.save_weights``).
     """
-    from keras.src import backend
-    from keras.src.optimizers import base_optimizer
-    from keras.src.saving import saving_lib
 
-    store_cls = saving_lib.H5IOStore
-    original_set = store_cls.__setitem__
-    original_opt = base_optimizer.BaseOptimizer.save_own_variables
+    layers: frozenset[str] = frozenset()
+    ops: frozenset[str] = frozenset()
+    classes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    register_classes: Callable[[], None] | None = None
+    describe: Callable[[Any], dict] | None = None
+    attach: Callable[[Any, list | None, list | None], None] | None = None
+    save_weights: Callable[[Any, str], None] | None = None
 
-    def setitem(self, key, value):
-        shape = tuple(int(d) for d in getattr(value, "shape", ()) or ())
-        try:
-            name = backend.standardize_dtype(value.dtype)
-            dtype = None if name == "bfloat16" else np.dtype(name)
-        except (AttributeError, TypeError, ValueError):
-            dtype = None
-        big = dtype is not None and len(shape) >= 1 and shape[0] > 1 and int(np.prod(shape)) * dtype.itemsize > H5_BLOCK_BYTES
-        if not big or self.mode not in ("w", "a") or not hasattr(self, "_create_h5_group"):
-            return original_set(self, key, value)
-        if not self._h5_entry_initialized:
-            self._create_h5_group(self._h5_entry_path)
-        ds = self._h5_entry_group.create_dataset(key, shape=shape, dtype=dtype)
-        row_bytes = max(1, int(np.prod(shape[1:])) * dtype.itemsize)
-        rows = max(1, H5_BLOCK_BYTES // row_bytes)
-        source = getattr(value, "value", value)  # a Keras variable -> its backend variable
-        try:
-            for i in range(0, shape[0], rows):
-                ds[i : i + rows] = np.asarray(backend.convert_to_numpy(source[i : i + rows]), dtype=dtype)
-        except BaseException:
-            # A failed write (a full disk): close the file's objects now,
-            # quietly, instead of letting h5py complain from destructors later.
-            hook, sys.unraisablehook = sys.unraisablehook, lambda *args: None
-            try:
-                del ds
-                with contextlib.suppress(Exception):
-                    self.h5_file.close()  # closes every object of the file now
-            finally:
-                sys.unraisablehook = hook
-            raise
 
-    def save_optimizer_variables(self, store):
-        for i, variable in enumerate(self.variables):
-            store[str(i)] = variable  # not variable.numpy(): setitem copies it block by block
+_rules_source: Callable[[], ModelFileRules] = ModelFileRules
 
-    store_cls.__setitem__ = setitem
-    base_optimizer.BaseOptimizer.save_own_variables = save_optimizer_variables
-    try:
-        yield
-    finally:
-        store_cls.__setitem__ = original_set
-        base_optimizer.BaseOptimizer.save_own_variables = original_opt
+
+def set_model_file_rules(source: Callable[[], ModelFileRules]) -> None:
+    """Installs the function that gives the current :class:`ModelFileRules`
+    (called on every save and load, so rows added to the model table later
+    count). :mod:`kerasalex.models` calls it on import."""
+    global _rules_source
+    _rules_source = source
+
+
+def model_file_rules() -> ModelFileRules:
+    """The :class:`ModelFileRules` in force (stock Keras only when none was installed)."""
+    return _rules_source()
 
 
 def float32_policies(node: Any) -> Any:
@@ -307,8 +287,9 @@ def _write_keras_archive(model, target: Path, metadata: dict | None = None, floa
 
     Keras's own ``model.save`` builds the weights file in an in-memory buffer
     first (for the scratch AlexNet with its SGD momentum: +240 MB of peak RSS);
-    here the weights go to a temporary ``.weights.h5`` on disk and are copied
-    into the archive from there.
+    here the weights go to a temporary ``.weights.h5`` on disk (written by
+    :attr:`ModelFileRules.save_weights`) and are copied into the archive from
+    there.
     """
     import datetime
     import zipfile
@@ -323,9 +304,12 @@ def _write_keras_archive(model, target: Path, metadata: dict | None = None, floa
         keras_metadata[METADATA_KEY] = metadata
     fd, weights = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}", suffix=".weights.h5", dir=target.parent)
     os.close(fd)
+    save_weights = model_file_rules().save_weights
     try:
         os.unlink(weights)
-        with _lean_h5_writes():
+        if save_weights is not None:
+            save_weights(model, weights)
+        else:
             model.save_weights(weights)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             zf.writestr("metadata.json", json.dumps(keras_metadata, default=_json_default, indent=1))
@@ -346,7 +330,7 @@ def save_model(model, path: str | os.PathLike, metadata: dict | None = None, flo
         metadata: a JSON-serializable dict stored under ``"kerasalex"`` in the
             ``.keras`` archive's metadata.json (see :func:`read_model_metadata`), on top of
             the class names and image shape a kerasalex model carries
-            (:func:`kerasalex.models.model_info`); ignored for ``.weights.h5``.
+            (:attr:`ModelFileRules.describe`); ignored for ``.weights.h5``.
         float32: write the layers' dtype policies as float32 (``.keras``):
             for the inference files a user gets, which then load and compute
             the same on any device, ``model(x)`` and ``model.predict(x)``
@@ -360,10 +344,10 @@ def save_model(model, path: str | os.PathLike, metadata: dict | None = None, flo
             tmp.unlink()
             model.save_weights(tmp)
     elif path.suffix == ".keras":
-        from kerasalex.models import _info, model_info
-
-        if _info(model):
-            metadata = {**model_info(model), **(metadata or {})}
+        describe = model_file_rules().describe
+        own = describe(model) if describe is not None else {}
+        if own:
+            metadata = {**own, **(metadata or {})}
         with atomic_path(path, suffix=".keras") as tmp:
             _write_keras_archive(model, tmp, metadata, float32=float32)
     else:
@@ -480,31 +464,15 @@ LEGACY_METADATA_MEMBER = "kerasalex.json"
 MODEL_MEMBERS = frozenset({"config.json", "metadata.json", "model.weights.h5", LEGACY_METADATA_MEMBER})
 MAX_METADATA_BYTES = 64 * 1024**2
 
-# Layer classes a model file may contain. Anything else is refused before
-# Keras deserializes it: Lambda (arbitrary code), TFSMLayer (loads a
-# SavedModel), TorchModuleWrapper (pickle), JaxLayer, lookup layers (read a
-# vocabulary file or URL), and so on.
-#
-# What the builders and the training front (kerasalex.models.training_model,
-# in resume files only) produce: stock Keras layers only, so the files load
-# with plain Keras too. tests/test_models.py checks it is exactly this set.
-BUILT_LAYERS = frozenset(
-    {
-        "InputLayer", "Functional", "Resizing", "CenterCrop", "Rescaling",
-        "ZeroPadding2D", "Conv2D", "ReLU", "MaxPooling2D", "AdaptiveAveragePooling2D", "Flatten",
-        "Dropout", "Dense", "RandomFlip", "RandomTranslation",
-    }
-)
-# Keras ops called on symbolic tensors in a functional model (no weights):
-# the channel flip of vgg16's preprocessing (kerasalex.preprocessing.vgg_preprocess).
-BUILT_OPS = frozenset({"Flip"})
-_OPS_MODULES = ("keras.src.ops",)
-# kerasalex's own layers in files written by earlier versions (registered under the
-# "kerasalex>" package by kerasalex.preprocessing); no builder makes them now.
-LEGACY_LAYERS = frozenset({"ClassNames", "ChannelReverse"})
-# Other stock layers that hold only weights (no code, no files), for simple
-# models made elsewhere (evaluated or predicted with kerasalex).
-OTHER_STOCK_LAYERS = frozenset(
+# Layer classes a model file may contain: these stock layers, which hold only
+# weights (no code, no files), for simple models made elsewhere (evaluated or
+# predicted with kerasalex), and what the model table adds
+# (ModelFileRules.layers: every architecture's Architecture.layers, the
+# training front's, the legacy ones). Anything else is refused before Keras
+# deserializes it: Lambda (arbitrary code), TFSMLayer (loads a SavedModel),
+# TorchModuleWrapper (pickle), JaxLayer, lookup layers (read a vocabulary file
+# or URL), and so on.
+STOCK_LAYERS = frozenset(
     {
         "Sequential", "Model", "DepthwiseConv2D", "SeparableConv2D", "AveragePooling2D",
         "GlobalAveragePooling2D", "GlobalMaxPooling2D", "AdaptiveMaxPooling2D", "SpatialDropout2D",
@@ -513,9 +481,7 @@ OTHER_STOCK_LAYERS = frozenset(
         "Normalization",  # the normalize layer of files written by earlier versions
     }
 )
-ALLOWED_LAYERS = BUILT_LAYERS | LEGACY_LAYERS | OTHER_STOCK_LAYERS
-# kerasalex's optimizers (plain value objects, registered as "kerasalex>Name").
-KERASALEX_OPTIMIZERS = frozenset({"FusedSGD"})
+_OPS_MODULES = ("keras.src.ops",)
 REFUSED_LAYERS = frozenset(
     {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer",
      "StringLookup", "IntegerLookup", "TextVectorization", "Hashing"}
@@ -538,7 +504,7 @@ ALLOWED_FUNCTIONS = frozenset(
 _VALUE_MARKERS = frozenset(
     {"__keras_tensor__", "__tensor__", "__numpy__", "__tuple__", "__bytes__", "__typespec__", "__slice__", "__ellipsis__"}
 )
-_LAYER_MODULES = ("keras.layers", "keras.src.layers", "keras.models", "keras.src.models", "kerasalex")
+_LAYER_MODULES = ("keras.layers", "keras.src.layers", "keras.models", "keras.src.models")
 # Modules of plain value objects (initializers, optimizers, losses, dtype policies).
 _VALUE_MODULES = (
     "keras.initializers", "keras.src.initializers", "keras.regularizers", "keras.src.regularizers",
@@ -550,15 +516,23 @@ _FUNCTION_MODULES = (
     "keras.activations", "keras.src.activations", "keras.losses", "keras.src.losses",
     "keras.metrics", "keras.src.metrics",
 )
-_KERAS_TOP_LEVEL = frozenset({"DTypePolicy", "FloatDTypePolicy"}) | ALLOWED_LAYERS
+_KERAS_TOP_LEVEL = frozenset({"DTypePolicy", "FloatDTypePolicy"})
 
 
 def _in_modules(module: str, prefixes: tuple[str, ...]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
-def _check_object(node: dict, path: Path) -> None:
-    """Checks one serialized object (a dict with ``class_name``) of a config."""
+def allowed_layers(rules: ModelFileRules | None = None) -> frozenset[str]:
+    """The layer classes a checked model file may hold: :data:`STOCK_LAYERS`
+    and those of ``rules`` (default: :func:`model_file_rules`)."""
+    rules = rules or model_file_rules()
+    return STOCK_LAYERS | rules.layers
+
+
+def _check_object(node: dict, path: Path, rules: ModelFileRules, layers: frozenset[str]) -> None:
+    """Checks one serialized object (a dict with ``class_name``) of a config
+    against ``rules`` (``layers``: :func:`allowed_layers` of them)."""
 
     def refuse(why: str):
         raise ModelFileError(f"refused to load {path}: {why}")
@@ -582,22 +556,22 @@ def _check_object(node: dict, path: Path) -> None:
             refuse(f"value marker {class_name!r} names module {module!r}")
         return
     if not module:  # legacy configs name layers without a module
-        if class_name not in ALLOWED_LAYERS:
+        if class_name not in layers:
             refuse(f"class {class_name!r} (no module) is not on kerasalex's layer allowlist")
-    elif module == "kerasalex.optimizers":
-        if class_name not in KERASALEX_OPTIMIZERS:
-            refuse(f"optimizer class {class_name!r} is not one of kerasalex's ({', '.join(sorted(KERASALEX_OPTIMIZERS))})")
+    elif _in_modules(module, ("kerasalex",)):
+        if rules.classes.get(class_name) != module:
+            refuse(f"class {module}.{class_name} is not one of kerasalex's ({', '.join(sorted(rules.classes))})")
     elif _in_modules(module, _LAYER_MODULES):
-        if class_name not in ALLOWED_LAYERS:
+        if class_name not in layers:
             refuse(f"layer class {class_name!r} is not on kerasalex's allowlist")
     elif _in_modules(module, _OPS_MODULES):
-        if class_name not in BUILT_OPS:
-            refuse(f"op {module}.{class_name} is not on kerasalex's allowlist ({', '.join(sorted(BUILT_OPS))})")
+        if class_name not in rules.ops:
+            refuse(f"op {module}.{class_name} is not on kerasalex's allowlist ({', '.join(sorted(rules.ops))})")
     elif _in_modules(module, _VALUE_MODULES):
         if not (class_name[:1].isupper() and class_name.isidentifier()):
             refuse(f"{module}.{class_name} is not a class")
     elif module == "keras":
-        if class_name not in _KERAS_TOP_LEVEL:
+        if class_name not in _KERAS_TOP_LEVEL | layers:
             refuse(f"object keras.{class_name} is not allowed")
     else:
         refuse(f"object {class_name!r} comes from module {module!r}, which is not allowed")
@@ -610,21 +584,21 @@ def _check_object(node: dict, path: Path) -> None:
             refuse(f"layer name {name!r} contains a path")
 
 
-def _check_config(node: Any, path: Path, depth: int = 0) -> None:
+def _check_config(node: Any, path: Path, rules: ModelFileRules, layers: frozenset[str], depth: int = 0) -> None:
     if depth > 100:
         raise ModelFileError(f"refused to load {path}: its config nests deeper than 100 levels")
     if isinstance(node, list):
         for item in node:
-            _check_config(item, path, depth + 1)
+            _check_config(item, path, rules, layers, depth + 1)
         return
     if not isinstance(node, dict):
         return
     if isinstance(node.get("class_name"), str):
-        _check_object(node, path)
+        _check_object(node, path, rules, layers)
     elif "class_name" in node:
         raise ModelFileError(f"refused to load {path}: a class_name of type {type(node['class_name']).__name__}")
     for value in node.values():
-        _check_config(value, path, depth + 1)
+        _check_config(value, path, rules, layers, depth + 1)
 
 
 def _check_weights_h5(zf, path: Path) -> None:
@@ -675,19 +649,22 @@ def _check_weights_h5(zf, path: Path) -> None:
                 refuse(problems[0])
 
 
-def check_model_file(path: str | os.PathLike) -> dict:
+def check_model_file(path: str | os.PathLike, rules: ModelFileRules | None = None) -> dict:
     """Checks a user-supplied ``.keras`` file before Keras touches it.
 
     Refuses: missing files, legacy HDF5 full models (``.h5``/``.hdf5``, or an
     HDF5 file under another name), anything that is not a complete zip
     archive, zip bombs (member count, total size, compression ratio), absolute,
     ``..`` or unexpected member names, configs with objects outside the
-    allowlists (:data:`ALLOWED_LAYERS`, :data:`ALLOWED_FUNCTIONS`, Keras value
-    modules) or layer names that are paths, and weights with links, external
-    or virtual datasets or shape bombs. Returns the parsed ``config.json``.
+    allowlists (:func:`allowed_layers`, :data:`ALLOWED_FUNCTIONS`, Keras value
+    modules, ``rules``' ops and classes) or layer names that are paths, and
+    weights with links, external or virtual datasets or shape bombs. Returns
+    the parsed ``config.json``.
 
     Args:
         path: the ``.keras`` file.
+        rules: what the file may hold beyond stock Keras (default:
+            :func:`model_file_rules`, the model table's).
 
     Raises:
         ModelFileError: with one line naming the file and the problem.
@@ -758,15 +735,22 @@ def check_model_file(path: str | os.PathLike) -> dict:
             raise ModelFileError(f"corrupt or incomplete model file: {path} (unreadable config.json)") from exc
         if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
             raise ModelFileError(f"corrupt or incomplete model file: {path} (config.json is not a model config)")
-        _check_config(config, path)
+        rules = rules or model_file_rules()
+        _check_config(config, path, rules, allowed_layers(rules))
         _check_weights_h5(zf, path)
     return config
 
 
-def load_model(path: str | os.PathLike, compile: bool = False):
+def load_model(path: str | os.PathLike, compile: bool = False, rules: ModelFileRules | None = None):
     """Loads a ``.keras`` model after :func:`check_model_file`, with safe mode
     on, and attaches the class names and image shape kerasalex recorded in it
-    (:func:`read_model_metadata`; see :func:`kerasalex.models.get_class_names`).
+    (:func:`read_model_metadata`, through :attr:`ModelFileRules.attach`; see
+    :func:`kerasalex.models.get_class_names`).
+
+    Args:
+        path: the ``.keras`` file.
+        compile: restore the optimizer and compile (resume states).
+        rules: default :func:`model_file_rules` (the model table's).
 
     Models written by kerasalex load with plain ``keras.saving.load_model``
     as well; this is the loader for files from elsewhere. Files written
@@ -777,11 +761,10 @@ def load_model(path: str | os.PathLike, compile: bool = False):
     """
     import keras
 
-    import kerasalex.optimizers  # noqa: F401  (registers FusedSGD, in resume files)
-    import kerasalex.preprocessing  # noqa: F401  (registers the legacy layers)
-    from kerasalex.models import set_model_info
-
-    check_model_file(path)
+    rules = rules or model_file_rules()
+    if rules.register_classes is not None:
+        rules.register_classes()
+    check_model_file(path, rules)
     meta = read_model_metadata(path)
     try:
         model = keras.saving.load_model(path, compile=compile, safe_mode=True)
@@ -798,7 +781,10 @@ def load_model(path: str | os.PathLike, compile: bool = False):
             raise ModelFileError(
                 f"corrupt model file: {path} (its metadata names {len(names)} classes, the model has {outputs} outputs)"
             )
-        set_model_info(model, class_names=names)
-    if isinstance(shape, list) and len(shape) == 3 and all(d is None or isinstance(d, int) for d in shape):
-        set_model_info(model, image_shape=shape)
+    else:
+        names = None
+    if not (isinstance(shape, list) and len(shape) == 3 and all(d is None or isinstance(d, int) for d in shape)):
+        shape = None
+    if rules.attach is not None and (names is not None or shape is not None):
+        rules.attach(model, names, shape)
     return model
