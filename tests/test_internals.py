@@ -53,10 +53,11 @@ def _signature(owner, name: str) -> list[str]:
     ],
 )
 def test_private_methods_keep_their_signatures(owner, name, params):
-    from keras.src.optimizers import base_optimizer  # noqa: F401
-    from keras.src.saving import saving_lib  # noqa: F401
+    from keras.src.optimizers import base_optimizer
+    from keras.src.saving import saving_lib
 
-    obj = eval(owner)  # one of the three names imported above
+    obj = {"saving_lib.H5IOStore": saving_lib.H5IOStore, "base_optimizer.BaseOptimizer": base_optimizer.BaseOptimizer,
+           "keras.optimizers.SGD": keras.optimizers.SGD}[owner]
     found = _signature(obj, name)
     assert found == params, f"keras {keras.__version__} changed {owner}.{name}{tuple(params)} to {tuple(found)}"
 

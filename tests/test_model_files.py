@@ -332,7 +332,7 @@ def test_the_lambda_and_h5_fixtures_are_live(good, tmp_path):
 def test_zip_size_limit(good, tmp_path, monkeypatch):
     from kerasalex import files
 
-    monkeypatch.setattr(files, "MAX_MODEL_BYTES", 1000)
+    monkeypatch.setattr(files.checks, "MAX_MODEL_BYTES", 1000)
     with pytest.raises(files.ModelFileError, match="limit 1000"):
         files.check_model_file(good)
 

@@ -22,13 +22,11 @@ from kerasalex.models import (
     training_model,
 )
 from tests.conftest import BLOCK_KERASALEX, run_python
+from tests.test_registry import MODEL_LIST
 
-# One row per architecture: small, fast build arguments.
-MODEL_TABLE = {
-    "alexnet": dict(input_shape=(32, 32, 3)),
-    "alexnet-torch": dict(input_shape=(32, 32, 3), resize=96, crop=96),
-    "vgg16": dict(input_shape=(32, 32, 3), input_size=32, base_weights=None),
-}
+# One row per architecture, small and fast: the registry test's table
+# (tests/test_registry.py MODEL_LIST), so a new architecture adds one test row.
+MODEL_TABLE = dict(MODEL_LIST)
 
 
 def _build(arch, **kw):
