@@ -255,6 +255,20 @@ def test_files_imports_nothing_from_kerasalex():
         assert "import_module" not in path.read_text()
 
 
+def test_the_command_line_process_has_the_file_rules_without_tensorflow():
+    """`kerasalex evaluate` checks a file before TensorFlow is imported: the
+    model table's rules are installed by `import kerasalex` alone."""
+    from tests.conftest import run_python
+
+    code = ("import sys; sys.argv = ['kerasalex']\n"
+            "from kerasalex import files\n"
+            "rules = files.model_file_rules()\n"
+            "print(sorted(rules.layers & {'Conv2D', 'ZeroPadding2D'}), sorted(rules.ops), 'tensorflow' in sys.modules)")
+    r = run_python(code, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "['Conv2D', 'ZeroPadding2D'] ['Flip'] False"
+
+
 def test_the_model_table_never_reaches_training_or_the_commands():
     higher = ("kerasalex.training", "kerasalex.transfer", "kerasalex.tuning", "kerasalex.study", "kerasalex.cli",
               "kerasalex.commands", "kerasalex.evaluation", "kerasalex.export", "kerasalex.data", "kerasalex.config")
