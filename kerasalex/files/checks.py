@@ -124,7 +124,10 @@ def _check_object(node: dict, path: Path, rules: ModelFileRules, layers: frozens
             refuse(f"class {class_name!r} (no module) is not on kerasalex's layer allowlist")
     elif _in_modules(module, ("kerasalex",)):
         if rules.classes.get(class_name) != module:
-            refuse(f"class {module}.{class_name} is not one of kerasalex's ({', '.join(sorted(rules.classes))})")
+            ours = sorted(n for n, m in rules.classes.items() if m == module)
+            if module.endswith(".optimizers"):
+                refuse(f"optimizer class {class_name!r} is not one of kerasalex's ({', '.join(ours)})")
+            refuse(f"layer class {class_name!r} is not on kerasalex's allowlist")
     elif _in_modules(module, _LAYER_MODULES):
         if class_name not in layers:
             refuse(f"layer class {class_name!r} is not on kerasalex's allowlist")
