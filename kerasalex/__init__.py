@@ -36,10 +36,13 @@ def _started_as_cli() -> bool:
     return argv0 in ("kerasalex", "-m") or argv0 == "__main__.py" and "kerasalex" in _sys.argv[0]
 
 
+# The model table (no TensorFlow import) installs what kerasalex.files needs
+# to check and write model files, so every process has it.
+from kerasalex import models  # noqa: E402,F401
+
 # The command line imports TensorFlow only inside the commands that need it
 # (so `kerasalex --help` is instant); everyone else gets the layers registered
 # on `import kerasalex`.
 if not _started_as_cli():
     from kerasalex import preprocessing  # noqa: E402,F401  (registers layers)
-    from kerasalex import models  # noqa: E402,F401
     from kerasalex import optimizers  # noqa: E402,F401  (registers FusedSGD)

@@ -151,63 +151,23 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-# A recipe is a set of field values per architecture ("*" applies to all).
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+# A recipe: the values it sets for every architecture. Each architecture's
+# own values for it are in its registry row (kerasalex.models.ARCHITECTURES,
+# Architecture.recipes) and override these.
+RECIPES: dict[str, dict[str, Any]] = {
     # The study, exactly: SGD 0.001 momentum 0.9, batch 30, no augmentation,
-    # no dropout, constant learning rate, float32.
-    "study": {
-        "*": dict(
-            optimizer="sgd", lr=0.001, momentum=0.9, nesterov=False, weight_decay=0.0,
-            label_smoothing=0.0, schedule="constant", warmup_epochs=0.0, augment=False,
-            batch_size=30, epochs=20, precision="float32", dropout=0.0,
-            kernel_initializer="glorot_uniform", head_initializer="glorot_uniform",
-        ),
-        # torchvision's AlexNet keeps its two Dropout(0.5) layers in train mode.
-        "alexnet-torch": dict(dropout=0.5, freeze_base=False),
-        "vgg16": dict(epochs=10, freeze_base=True, fine_tune_epochs=0),
-    },
-    # Ours. For the scratch AlexNet (no batch norm): SGD + Nesterov with a
-    # linear warm-up and cosine decay, flip + translate augmentation, dropout
-    # 0.5 in the classifier, label smoothing 0.1, weight decay 5e-4, batch 128.
-    "default": {
-        "*": dict(),
-        # The scratch AlexNet: at least 1,000 optimizer steps per run (see
-        # auto_batch_size; the batch shrinks only on small datasets or short
-        # budgets, never below 16), and no dropout in such a short run (it
-        # underfits: 5 epochs of 1,000 CIFAR images per class end with
-        # training accuracy below held-out accuracy; digits, 5 epochs at
-        # batch 16: 93.1% test with dropout 0.5, 97.5% without).
-        "alexnet": dict(min_steps=1000, short_run_dropout=0.0),
-        # torchvision AlexNet fine-tuned from ImageNet weights. lr 0.01 (half
-        # the scratch 0.02: the pretrained features should move, not be
-        # relearned) with a 1-epoch warm-up, so the random new head's early
-        # gradients do not wreck them, then cosine decay; 10 epochs, since a
-        # pretrained net converges in a few; batch 64, since every image is
-        # 224 px inside the model (~50x the compute of a 32 px image);
-        # weight decay 1e-4 (torchvision's AlexNet recipe); dropout 0.5 (its
-        # own); augment + label smoothing 0.1 as our other recipes; all layers
-        # trained, as the study.
-        "alexnet-torch": dict(
-            optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
-            label_smoothing=0.1, schedule="cosine", warmup_epochs=1.0, augment=True,
-            batch_size=64, epochs=10, dropout=0.5, freeze_base=False,
-        ),
-        # VGG16 transfer, two stages (kerasalex.transfer). Stage 1: the study's
-        # head over the frozen ImageNet base, trained on cached base features
-        # (so no augmentation: the cache needs the same input every epoch),
-        # which makes an epoch cost a few dense layers. Adam 1e-3 with a
-        # 1-epoch warm-up and cosine decay, batch 128, 10 epochs; dropout 0.5
-        # and label smoothing 0.1 against the study's head, which memorised the
-        # training set by epoch 7 (train 100%, val loss rising). Stage 2: the
-        # keras-io recipe, block5 unfrozen at Adam 1e-5 (cosine-decayed) for
-        # 8 epochs, end to end at 224 px; weight decay 0 (Keras's decoupled
-        # decay is scaled by the learning rate, so it would be inert at 1e-5).
-        "vgg16": dict(
-            optimizer="adam", lr=1e-3, weight_decay=0.0, label_smoothing=0.1, schedule="cosine",
-            warmup_epochs=1.0, augment=False, batch_size=128, epochs=10, dropout=0.5, freeze_base=True,
-            fine_tune_epochs=8, unfreeze_from="block5_conv1", fine_tune_lr=1e-5,
-        ),
-    },
+    # no dropout, constant learning rate, float32, Keras's default initializers.
+    "study": dict(
+        optimizer="sgd", lr=0.001, momentum=0.9, nesterov=False, weight_decay=0.0,
+        label_smoothing=0.0, schedule="constant", warmup_epochs=0.0, augment=False,
+        batch_size=30, epochs=20, precision="float32", dropout=0.0,
+        kernel_initializer="glorot_uniform", head_initializer="glorot_uniform",
+    ),
+    # Ours: each architecture's row; TrainConfig's defaults are the scratch
+    # AlexNet's (SGD + Nesterov with a linear warm-up and cosine decay, flip +
+    # translate augmentation, dropout 0.5 in the classifier, label smoothing
+    # 0.1, weight decay 5e-4, batch 128).
+    "default": dict(),
 }
 
 
@@ -237,10 +197,20 @@ def auto_batch_size(batch_size: int, train_images: int, epochs: int, min_steps: 
 
 
 def recipe_values(recipe: str, arch: str) -> dict[str, Any]:
+    """The values ``recipe`` sets for ``arch``: the recipe's shared values
+    (:data:`RECIPES`) updated with the architecture's own (its registry row);
+    an architecture not in the table gets the shared values only.
+
+    Raises:
+        ValueError: an unknown recipe.
+    """
+    from kerasalex.models import ARCHITECTURES
+
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; expected one of: {', '.join(RECIPES)}")
-    values = dict(RECIPES[recipe].get("*", {}))
-    values.update(RECIPES[recipe].get(arch, {}))
+    values = dict(RECIPES[recipe])
+    if arch in ARCHITECTURES:
+        values.update(ARCHITECTURES[arch].recipe(recipe))
     return values
 
 

@@ -23,15 +23,12 @@ measured 1,478 MB, at no cost in speed (218 -> 230 images/s).
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
-
-def _tf_variable(variable):
-    return variable.value if isinstance(variable, keras.Variable) else variable
+from kerasalex._keras_internals import InPlaceSGDUpdates
 
 
 @keras.saving.register_keras_serializable(package="kerasalex")
-class FusedSGD(keras.optimizers.SGD):
+class FusedSGD(InPlaceSGDUpdates, keras.optimizers.SGD):
     """``keras.optimizers.SGD`` updating each variable in place, one at a time.
 
     Takes exactly ``keras.optimizers.SGD``'s arguments and computes the same
@@ -42,41 +39,13 @@ class FusedSGD(keras.optimizers.SGD):
         m <- mu * m - lr * g
         w <- w + m                           (or w + mu * m - lr * g with nesterov)
 
+    The update overrides Keras's private optimizer methods, so it lives in
+    :class:`kerasalex._keras_internals.InPlaceSGDUpdates` and runs only with
+    the Keras versions it was checked against; with any other Keras this is
+    plain ``keras.optimizers.SGD`` (same arguments, same file format).
+
     TensorFlow backend only (kerasalex's backend).
+
+    Example:
+        >>> opt = FusedSGD(0.02, momentum=0.9, nesterov=True, weight_decay=5e-4)
     """
-
-    def _apply_weight_decay(self, variables):
-        # Applied per variable in update_step, right before its update.
-        return
-
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # Last layers first: backpropagation produces their gradients first,
-        # so each gradient is consumed (and freed) as soon as it exists.
-        self._previous_update = None
-        return super()._backend_update_step(
-            list(reversed(list(grads))), list(reversed(list(trainable_variables))), learning_rate
-        )
-
-    def update_step(self, gradient, variable, learning_rate):
-        var = _tf_variable(variable)
-        lr = tf.cast(learning_rate, var.dtype)
-        gradient = tf.cast(gradient, var.dtype)
-        # In a tf.function the chain orders the updates; eagerly ops run in
-        # program order anyway (and return no op to chain).
-        previous = getattr(self, "_previous_update", None)
-        if getattr(previous, "graph", None) is not tf.compat.v1.get_default_graph():
-            previous = None  # from another trace
-        with tf.control_dependencies([previous] if previous is not None else []):
-            if self.weight_decay is not None and self._use_weight_decay(variable):
-                wd = tf.cast(self.weight_decay, var.dtype)
-                previous = var.assign_sub(var * (lr * wd), read_value=False)
-        with tf.control_dependencies([previous] if previous is not None else []):
-            if self.momentum != 0:
-                m = _tf_variable(self.momentums[self._get_variable_index(variable)])
-                update = tf.raw_ops.ResourceApplyKerasMomentum(
-                    var=var.handle, accum=m.handle, lr=lr, grad=gradient,
-                    momentum=tf.cast(self.momentum, var.dtype), use_locking=False, use_nesterov=bool(self.nesterov),
-                )
-            else:
-                update = tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr, delta=gradient, use_locking=False)
-        self._previous_update = update

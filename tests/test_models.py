@@ -5,8 +5,6 @@ on every inference path, however it was trained."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import keras
 import numpy as np
 import pytest
@@ -14,6 +12,8 @@ import pytest
 from kerasalex import files
 from kerasalex.models import (
     ARCHITECTURES,
+    KERASALEX_CLASSES,
+    TRAINING_FRONT_LAYERS,
     build_model,
     get_architecture,
     get_class_names,
@@ -22,24 +22,15 @@ from kerasalex.models import (
     training_model,
 )
 from tests.conftest import BLOCK_KERASALEX, run_python
+from tests.test_registry import MODEL_LIST
 
-# One row per architecture: small, fast build arguments.
-MODEL_TABLE = {
-    "alexnet": dict(input_shape=(32, 32, 3)),
-    "alexnet-torch": dict(input_shape=(32, 32, 3), resize=96, crop=96),
-    "vgg16": dict(input_shape=(32, 32, 3), input_size=32, base_weights=None),
-}
-
-
-def _available(arch):
-    module = ARCHITECTURES[arch].builder.split(":")[0]
-    return importlib.util.find_spec(module) is not None
+# One row per architecture, small and fast: the registry test's table
+# (tests/test_registry.py MODEL_LIST), so a new architecture adds one test row.
+MODEL_TABLE = dict(MODEL_LIST)
 
 
 def _build(arch, **kw):
-    if not _available(arch):
-        pytest.skip(f"{arch} builder not present")
-    fn = get_architecture(arch).builder_fn()
+    fn = get_architecture(arch).builder_fn()  # a row whose module is missing fails here
     return fn(num_classes=3, class_names=["a", "b", "c"], **MODEL_TABLE[arch], **kw)
 
 
@@ -75,8 +66,6 @@ def saved_models(tmp_path_factory):
     np.save(root / "x.npy", x)
     out = {}
     for arch in sorted(MODEL_TABLE):
-        if not _available(arch):
-            continue
         model = _build(arch, dropout=0.5, seed=0)
         path = files.save_model(model, root / f"{arch}.keras")
         np.save(root / f"{arch}.npy", model.predict(x, verbose=0))
@@ -88,8 +77,6 @@ def saved_models(tmp_path_factory):
 @pytest.mark.parametrize("arch", sorted(MODEL_TABLE))
 def test_keras_file_reloads_identically_with_safe_mode(arch, saved_models):
     root, paths = saved_models
-    if arch not in paths:
-        pytest.skip(f"{arch} builder not present")
     x = np.load(root / "x.npy")
     again = keras.saving.load_model(paths[arch], safe_mode=True)
     np.testing.assert_array_equal(np.load(root / f"{arch}.npy"), again.predict(x, verbose=0))
@@ -146,8 +133,6 @@ def test_builders_make_exactly_the_allowlisted_stock_layers():
     of built layers is exactly that set."""
     seen = set()
     for arch in sorted(MODEL_TABLE):
-        if not _available(arch):
-            continue
         for kw in (dict(dropout=0.5, seed=0), dict(dropout=0.0)):
             if arch == "alexnet-torch":  # with a center crop too
                 kw = {**kw, "resize": 96, "crop": 95}
@@ -159,8 +144,10 @@ def test_builders_make_exactly_the_allowlisted_stock_layers():
                 assert not any("registered_name" in str(o) and "kerasalex" in str(o) for o in objects)
                 seen |= {c for m, c in objects if m.startswith(("keras.layers", "keras.src.models", "keras.src.layers",
                                                                "keras.src.ops")) or c == "Functional"}
-    assert seen == set(files.BUILT_LAYERS) | set(files.BUILT_OPS)
-    assert files.LEGACY_LAYERS.isdisjoint(seen)
+    built = TRAINING_FRONT_LAYERS.union(*(a.layers for a in ARCHITECTURES.values()))
+    ops = frozenset().union(*(a.ops for a in ARCHITECTURES.values()))
+    assert seen == set(built) | set(ops)
+    assert set(KERASALEX_CLASSES).isdisjoint(seen)
 
 
 @pytest.mark.parametrize("arch", sorted(MODEL_TABLE))

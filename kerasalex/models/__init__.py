@@ -1,7 +1,12 @@
-"""The model table: architecture name -> builder and its defaults.
+"""The model table: architecture name -> builder and everything known about it.
 
 Adding an architecture costs one module with a ``build_*`` function, one row
-in :data:`ARCHITECTURES` and one row in the tests' model table.
+in :data:`ARCHITECTURES` and one row in the tests' model table
+(``tests/test_registry.py``); see CONTRIBUTING.md. Its row holds its recipe
+values, description, input size, pretrained-weight option, training loop,
+study membership and the Keras classes its files hold (the checked loader's
+allowlist, handed to :mod:`kerasalex.files` by :func:`model_file_rules`), so
+no code outside ``models/`` branches on an architecture's name.
 
 Every builder is a plain function returning the *inference* model: a
 functional ``keras.Model`` of stock Keras layers only, whose input is raw
@@ -25,7 +30,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from kerasalex import files
+
+# Options `train` and `tune` pass to every builder, whatever the architecture
+# (TrainConfig fields that always hold a value): a builder that does not take
+# one ignores it. Any other option a builder does not take is an error.
+SHARED_OPTIONS = frozenset({"dropout", "seed", "kernel_initializer", "head_initializer"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +70,16 @@ class Architecture:
             study's default model list.
         study_weights_flag: the ``kerasalex study`` option (without ``--``)
             that passes its pretrained weights, when it has one.
+        recipes: its values per recipe (``{"default": {...}, "study":
+            {...}}``, :class:`kerasalex.config.TrainConfig` field names): they
+            override the recipe's shared values
+            (:data:`kerasalex.config.RECIPES`), which override the dataclass
+            defaults.
+        layers: the Keras layer classes (``class_name``) its saved model
+            holds; the checked loader (:func:`kerasalex.files.load_model`)
+            refuses files with any class not on some row (or stock-safe).
+        ops: the Keras operation classes (``keras.src.ops``) its functional
+            graph calls, likewise allowed.
     """
 
     name: str
@@ -71,6 +93,9 @@ class Architecture:
     weights_required: bool = False
     study_label: str | None = None
     study_weights_flag: str | None = None
+    recipes: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    layers: frozenset[str] = frozenset()
+    ops: frozenset[str] = frozenset()
 
     def builder_fn(self) -> Callable[..., Any]:
         module, func = self.builder.split(":")
@@ -79,13 +104,39 @@ class Architecture:
     def builder_args(self) -> set[str]:
         return set(inspect.signature(self.builder_fn()).parameters)
 
-    def build(self, **kwargs):
-        """Calls the builder with the arguments it accepts; ``None`` values are
-        dropped so unset options keep the builder's defaults."""
-        accepted = self.builder_args()
-        kwargs = {k: v for k, v in kwargs.items() if v is not None and k in accepted}
-        return self.builder_fn()(**kwargs)
+    def recipe(self, recipe: str) -> dict[str, Any]:
+        """Its own values for ``recipe`` (empty when it has none)."""
+        return dict(self.recipes.get(recipe, {}))
 
+    def build(self, **kwargs):
+        """Calls the builder. ``None`` values are "unset" and dropped, so the
+        builder's defaults hold; :data:`SHARED_OPTIONS` the builder does not
+        take are dropped too.
+
+        Raises:
+            ValueError: a non-None option the builder does not take (such as
+                ``weights`` for the scratch ``alexnet``), named with the
+                architecture, in one line.
+        """
+        fn = self.builder_fn()
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        refused = sorted(k for k in given if k not in params and k not in SHARED_OPTIONS and not takes_any)
+        if refused:
+            options = sorted(k for k in params if k not in ("num_classes", "input_shape", "class_names", "name"))
+            raise ValueError(
+                f"architecture {self.name!r} does not take the option {refused[0]} "
+                f"(its options: {', '.join(options)}). Received: {refused[0]}={given[refused[0]]!r}"
+            )
+        return fn(**{k: v for k, v in given.items() if takes_any or k in params})
+
+
+# The Keras classes every functional model holds, and the training front's
+# (kerasalex.models.training_model, in resume files).
+_FUNCTIONAL = frozenset({"InputLayer", "Functional"})
+TRAINING_FRONT_LAYERS = _FUNCTIONAL | {"RandomFlip", "RandomTranslation"}
+_CONV_NET = _FUNCTIONAL | {"Rescaling", "Resizing", "Conv2D", "MaxPooling2D", "Flatten", "Dropout", "Dense"}
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
@@ -97,6 +148,20 @@ ARCHITECTURES: dict[str, Architecture] = {
             image_size=32,
             min_image_size=16,
             study_label="AlexNet from scratch (the study's 32x32 AlexNet)",
+            recipes={
+                # At least 1,000 optimizer steps per run (see
+                # kerasalex.config.auto_batch_size; the batch shrinks only on
+                # small datasets or short budgets, never below 16), and no
+                # dropout in such a short run (it underfits: 5 epochs of 1,000
+                # CIFAR images per class end with training accuracy below
+                # held-out accuracy; digits, 5 epochs at batch 16: 93.1% test
+                # with dropout 0.5, 97.5% without). The rest of its default
+                # recipe is TrainConfig's defaults (SGD + Nesterov 0.02,
+                # warm-up + cosine, flip + translate, dropout 0.5, label
+                # smoothing 0.1, weight decay 5e-4, batch 128).
+                "default": dict(min_steps=1000, short_run_dropout=0.0),
+            },
+            layers=_CONV_NET,
         ),
         Architecture(
             "alexnet-torch",
@@ -109,6 +174,25 @@ ARCHITECTURES: dict[str, Architecture] = {
             weights_required=True,
             study_label="torchvision AlexNet with ImageNet weights, fine-tuned",
             study_weights_flag="alexnet-weights",
+            recipes={
+                # Fine-tuned from ImageNet weights. lr 0.01 (half the scratch
+                # 0.02: the pretrained features should move, not be relearned)
+                # with a 1-epoch warm-up, so the random new head's early
+                # gradients do not wreck them, then cosine decay; 10 epochs,
+                # since a pretrained net converges in a few; batch 64, since
+                # every image is 224 px inside the model (~50x the compute of
+                # a 32 px image); weight decay 1e-4 (torchvision's AlexNet
+                # recipe); dropout 0.5 (its own); augment + label smoothing
+                # 0.1 as our other recipes; all layers trained, as the study.
+                "default": dict(
+                    optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                    label_smoothing=0.1, schedule="cosine", warmup_epochs=1.0, augment=True,
+                    batch_size=64, epochs=10, dropout=0.5, freeze_base=False,
+                ),
+                # torchvision's AlexNet keeps its two Dropout(0.5) layers in train mode.
+                "study": dict(dropout=0.5, freeze_base=False),
+            },
+            layers=_CONV_NET | {"ZeroPadding2D", "ReLU", "AdaptiveAveragePooling2D", "CenterCrop"},
         ),
         Architecture(
             "vgg16",
@@ -121,6 +205,27 @@ ARCHITECTURES: dict[str, Architecture] = {
             weights_option="base_weights",
             study_label="VGG16 transfer: ImageNet base + the study's dense head",
             study_weights_flag="vgg-weights",
+            recipes={
+                # Two stages (kerasalex.transfer). Stage 1: the study's head
+                # over the frozen ImageNet base, trained on cached base
+                # features (so no augmentation: the cache needs the same input
+                # every epoch), which makes an epoch cost a few dense layers.
+                # Adam 1e-3 with a 1-epoch warm-up and cosine decay, batch 128,
+                # 10 epochs; dropout 0.5 and label smoothing 0.1 against the
+                # study's head, which memorised the training set by epoch 7
+                # (train 100%, val loss rising). Stage 2: the keras-io recipe,
+                # block5 unfrozen at Adam 1e-5 (cosine-decayed) for 8 epochs,
+                # end to end at 224 px; weight decay 0 (Keras's decoupled decay
+                # is scaled by the learning rate, so it would be inert at 1e-5).
+                "default": dict(
+                    optimizer="adam", lr=1e-3, weight_decay=0.0, label_smoothing=0.1, schedule="cosine",
+                    warmup_epochs=1.0, augment=False, batch_size=128, epochs=10, dropout=0.5, freeze_base=True,
+                    fine_tune_epochs=8, unfreeze_from="block5_conv1", fine_tune_lr=1e-5,
+                ),
+                "study": dict(epochs=10, freeze_base=True, fine_tune_epochs=0),
+            },
+            layers=_CONV_NET,
+            ops=frozenset({"Flip"}),  # the RGB -> BGR flip of its preprocessing
         ),
     ]
 }
@@ -253,15 +358,74 @@ def inference_model(model):
     return inner
 
 
+# --------------------------------------------------------------------------
+# What kerasalex.files needs to save and check-load model files (it imports
+# nothing from the package; this hands it the table's knowledge)
+# --------------------------------------------------------------------------
+
+# kerasalex's own serializable classes (registered as "kerasalex>Name"): the
+# layers of files written by earlier versions, and the optimizer of resume
+# states. Class name -> the module a file must name for it.
+KERASALEX_CLASSES = {
+    "ClassNames": "kerasalex.preprocessing",
+    "ChannelReverse": "kerasalex.preprocessing",
+    "FusedSGD": "kerasalex.optimizers",
+}
+
+
+def _register_classes() -> None:
+    importlib.import_module("kerasalex.preprocessing")
+    importlib.import_module("kerasalex.optimizers")
+
+
+def _attach(model, class_names, image_shape) -> None:
+    set_model_info(model, class_names=class_names, image_shape=image_shape)
+
+
+def _describe(model) -> dict:
+    return model_info(model) if _info(model) else {}
+
+
+def _save_weights(model, path) -> None:
+    from kerasalex import _keras_internals
+
+    _keras_internals.lean_save_weights(model, path)
+
+
+def model_file_rules() -> files.ModelFileRules:
+    """The :class:`kerasalex.files.ModelFileRules` of the table as it is now:
+    every architecture's ``layers`` and ``ops``, the training front's layers,
+    kerasalex's own classes, and how a model's class names and image shape
+    ride in its file. Installed in :mod:`kerasalex.files` on import."""
+    layers = TRAINING_FRONT_LAYERS.union(*(a.layers for a in ARCHITECTURES.values()))
+    ops = frozenset().union(*(a.ops for a in ARCHITECTURES.values()))
+    return files.ModelFileRules(
+        layers=layers | {n for n, m in KERASALEX_CLASSES.items() if m == "kerasalex.preprocessing"},
+        ops=ops,
+        classes=dict(KERASALEX_CLASSES),
+        register_classes=_register_classes,
+        describe=_describe,
+        attach=_attach,
+        save_weights=_save_weights,
+    )
+
+
+files.set_model_file_rules(model_file_rules)
+
+
 __all__ = [
     "ARCHITECTURES",
     "Architecture",
+    "KERASALEX_CLASSES",
+    "SHARED_OPTIONS",
+    "TRAINING_FRONT_LAYERS",
     "build_model",
     "get_architecture",
     "get_class_names",
     "get_image_shape",
     "inference_model",
     "is_training_model",
+    "model_file_rules",
     "model_info",
     "set_model_info",
     "training_model",
