@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 JIT_MODES = ("auto", "on", "off")
 DISTRIBUTE_MODES = ("none", "mirrored", "multi-worker")
@@ -52,6 +52,10 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: float = 2.0
     augment: bool = True
+    # Random erasing (Zhong et al. 2017; timm's --reprob): the probability
+    # that a training image gets one rectangle (2-33% of its area) filled
+    # with mid-grey; 0 = off.
+    random_erasing: float = 0.0
     dropout: float = 0.5
     kernel_initializer: str = "lecun_normal"
     head_initializer: str = "zeros"
@@ -116,6 +120,8 @@ class TrainConfig:
             bad("batch_size", "at least 1")
         if not float(self.lr) > 0:
             bad("lr", "positive")
+        if not 0.0 <= float(self.random_erasing) <= 1.0:
+            bad("random_erasing", "a probability in [0, 1]")
         if not 0.0 <= float(self.val_split) < 1.0:
             bad("val_split", "in [0, 1)")
         if not 0.0 <= float(self.label_smoothing) < 1.0:

@@ -88,6 +88,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "schedule": _opt("--schedule", type=click.Choice(SCHEDULES), default=None, help="Learning-rate schedule [recipe]."),
     "augment": _opt("--augment/--no-augment", default=None,
                     help="Random flip + translation while training (not in the saved model) [recipe]."),
+    "random_erasing": _opt("--random-erasing", type=click.FloatRange(0.0, 1.0), default=None,
+                           help="Probability of random erasing per training image (one grey rectangle, 2-33% of "
+                                "the area; not in the saved model) [0]."),
     "ema_momentum": _opt("--ema-momentum", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
                          help="Exponential moving average of the weights, momentum per step; 0 = off [recipe]."),
     "val_split": _opt("--val-split", type=float, default=None,

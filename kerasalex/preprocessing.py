@@ -75,7 +75,7 @@ def resize(x, height: int, width: int, name: str = "resize"):
     return layers.Resizing(height, width, interpolation="bilinear", name=name)(x)
 
 
-def augment(x, enabled: bool, seed: int | None = None, translate: float = 0.125):
+def augment(x, enabled: bool, seed: int | None = None, translate: float = 0.125, random_erasing: float = 0.0):
     """Training-only augmentation: random horizontal flip and random translation
     by up to ``translate`` of the image (1/8: the "pad 4 and crop 32" of CIFAR
     recipes), by whole pixels (nearest), with zero fill. The output stays
@@ -85,7 +85,22 @@ def augment(x, enabled: bool, seed: int | None = None, translate: float = 0.125)
     without ``training=False`` (a plain ``model(x)`` too), so these layers
     belong only in the training front of :func:`kerasalex.models.training_model`,
     never in a model that is saved for inference.
+
+    ``random_erasing`` > 0 adds ``keras.layers.RandomErasing`` after them
+    (also when ``enabled`` is False): with that probability per image, one
+    rectangle of 2-33% of the area (Keras's default scale; Zhong et al. 2017
+    use 2-40%) is filled with the constant 128 (mid-grey: about the mean
+    pixel, which the models' rescaling maps to ~0, as timm's ``const`` mode).
     """
+    if random_erasing:
+        p = float(random_erasing)
+        x = augment(x, enabled, seed, translate)
+        # factor=(p, p): Keras draws each image's probability from
+        # U(factor[0], factor[1]); a single float p would mean U(0, p).
+        return layers.RandomErasing(
+            factor=(p, p), scale=(0.02, 0.33), fill_value=128.0, value_range=(0, 255),
+            seed=None if seed is None else seed + 2, name="augment_erasing",
+        )(x)
     if not enabled:
         return x
     x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)

@@ -179,6 +179,44 @@ def prepare_data(config: TrainConfig):
     return D.prepare(config.dataset, rule, data_dir=config.data_dir, val_split=config.val_split, limit=config.limit)
 
 
+def build_training_model(config: TrainConfig, data, seed: int | None = None):
+    """The model ``fit`` trains, as ``train`` and every ``tune`` trial build
+    it: the architecture's inference model with the run's options (one call,
+    so an option reaches both), behind the training-only augmentation front
+    (:func:`kerasalex.models.training_model`).
+
+    Args:
+        config: the run's options (architecture, dropout, initializers,
+            pretrained weights, augmentation, random erasing).
+        data: the :class:`kerasalex.data.ImageData` it trains on (classes,
+            image shape).
+        seed: layer seeds (``config.seed`` if None; a tuner trial offsets it).
+
+    Returns:
+        An uncompiled ``keras.Model`` taking uint8 images (N, H, W, 3) and
+        returning float32 logits (N, classes).
+
+    Raises:
+        ValueError: an option the architecture does not take.
+    """
+    from kerasalex.models import get_architecture, training_model
+
+    seed = config.seed if seed is None else int(seed)
+    model = get_architecture(config.arch).build(
+        num_classes=data.num_classes,
+        input_shape=data.image_shape,
+        class_names=data.class_names,
+        dropout=config.dropout,
+        kernel_initializer=config.kernel_initializer,
+        head_initializer=config.head_initializer,
+        seed=seed,
+        weights=config.weights,
+        base_weights=config.base_weights,
+        freeze_base=config.freeze_base,
+    )
+    return training_model(model, augment=config.augment, seed=seed, random_erasing=config.random_erasing)
+
+
 def training_loop(name: str):
     """The training loop called ``name`` in the model table
     (:attr:`kerasalex.models.Architecture.loop`), as ``fit(model, config,
@@ -246,19 +284,7 @@ def _build_or_resume(config: TrainConfig, arch, data, state: dict | None, steps:
     if arch.weights_required and not getattr(config, arch.weights_option):
         flag = "--" + arch.weights_option.replace("_", "-")
         _say(f"{config.arch} without {flag}: training from random initialization (no ImageNet weights)")
-    model = arch.build(
-        num_classes=data.num_classes,
-        input_shape=data.image_shape,
-        class_names=data.class_names,
-        dropout=config.dropout,
-        kernel_initializer=config.kernel_initializer,
-        head_initializer=config.head_initializer,
-        seed=config.seed,
-        weights=config.weights,
-        base_weights=config.base_weights,
-        freeze_base=config.freeze_base,
-    )
-    model = training_model(model, augment=config.augment, seed=config.seed)
+    model = build_training_model(config, data)
     compile_model(model, config, steps, total_epochs=config.epochs)
     return model, 0
 

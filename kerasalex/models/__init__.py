@@ -311,7 +311,7 @@ def model_info(model) -> dict:
 TRAINING_SUFFIX = "_training"
 
 
-def training_model(model, augment: bool = False, seed: int | None = None):
+def training_model(model, augment: bool = False, seed: int | None = None, random_erasing: float = 0.0):
     """The model ``fit`` trains: ``model`` nested behind the training-only
     augmentation front (random flip + translation when ``augment``).
 
@@ -323,7 +323,9 @@ def training_model(model, augment: bool = False, seed: int | None = None):
     Args:
         model: an inference model from a builder (uncompiled).
         augment: add the augmentation front.
-        seed: the augmentation layers' seed (``seed``, ``seed + 1``).
+        seed: the augmentation layers' seed (``seed``, ``seed + 1``, ``seed + 2``).
+        random_erasing: probability of random erasing per image (0 = off);
+            see :func:`kerasalex.preprocessing.augment`.
     """
     import keras
 
@@ -332,7 +334,7 @@ def training_model(model, augment: bool = False, seed: int | None = None):
     if is_training_model(model):
         raise ValueError(f"model {model.name!r} is already a training model")
     inputs = keras.Input(shape=tuple(model.input.shape[1:]), dtype=model.input.dtype, name="image")
-    x = preprocessing.augment(inputs, augment, seed)
+    x = preprocessing.augment(inputs, augment, seed, random_erasing=random_erasing)
     trainer = keras.Model(inputs, model(x), name=f"{model.name}{TRAINING_SUFFIX}")
     object.__setattr__(trainer, _INFO_ATTR, dict(_info(model)))
     return trainer

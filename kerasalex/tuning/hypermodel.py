@@ -65,25 +65,13 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         from kerasalex.data import steps_per_epoch
-        from kerasalex.models import build_model, training_model
-        from kerasalex.training import compile_model
+        from kerasalex.training import build_training_model, compile_model
 
         config = self.trial_config(hp)
         seed = config.seed + self.seed_offset
         keras.utils.set_random_seed(seed)
-        model = build_model(
-            config.arch,
-            num_classes=self.data.num_classes,
-            input_shape=self.data.image_shape,
-            class_names=self.data.class_names,
-            dropout=config.dropout,
-            seed=seed,
-            weights=config.weights,
-            base_weights=config.base_weights,
-            freeze_base=config.freeze_base,
-        )
-        # The augmentation front (training only), as in `train`.
-        model = training_model(model, augment=config.augment, seed=seed)
+        # The same model as `train` builds (options, augmentation front).
+        model = build_training_model(config, self.data, seed=seed)
         epochs, initial = self.trial_epochs(hp, self.max_epochs)
         steps = steps_per_epoch(len(self.data.train), config.batch_size)
         # The schedule spans the epochs this trial runs (a Hyperband round

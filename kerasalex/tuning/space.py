@@ -40,6 +40,49 @@ TUNABLE: dict[str, dict[str, Any]] = {
     "nesterov": {"type": bool},
     "ema_momentum": {"type": float, "low": 0.0, "high": 1.0, "high_open": True},
 }
+# Fields a search cannot vary per trial: the data (loaded once for the whole
+# search), the search's own budget and outputs, and run-time settings.
+NOT_SEARCHABLE = frozenset({
+    "arch", "recipe", "dataset", "data_dir", "val_split", "limit", "image_size", "resize", "epochs", "seed",
+    "precision", "jit_compile", "steps_per_execution", "deterministic", "distribute", "run_dir", "output",
+    "save_dir", "save_best", "weights", "base_weights", "unfreeze_from", "min_steps", "short_run_dropout",
+})
+
+
+def _derived_row(option) -> dict[str, Any] | None:
+    """A :data:`TUNABLE` row from a ``train`` option's Click type, for a new
+    option the table above does not list (None for a type it can't search)."""
+    import click
+
+    kind = option.kwargs.get("type")
+    if option.flags[1] is not None:
+        return {"type": bool}
+    if isinstance(kind, click.Choice):
+        return {"type": str, "choices": tuple(kind.choices)}
+    if isinstance(kind, (click.FloatRange, click.IntRange)):
+        row: dict[str, Any] = {"type": float if isinstance(kind, click.FloatRange) else int}
+        if kind.min is not None:
+            row.update(low=kind.min, low_open=bool(kind.min_open))
+        if kind.max is not None:
+            row.update(high=kind.max, high_open=bool(kind.max_open))
+        return row
+    if kind in (float, int):
+        return {"type": kind}
+    return None
+
+
+def _add_derived_rows() -> None:
+    from kerasalex.options import TRAIN_OPTIONS
+
+    for name, option in TRAIN_OPTIONS.items():
+        if name not in TUNABLE and name not in NOT_SEARCHABLE:
+            row = _derived_row(option)
+            if row is not None:
+                TUNABLE[name] = row
+
+
+# Every other train option becomes searchable with no edit here.
+_add_derived_rows()
 SAMPLINGS = ("linear", "log", "reverse_log")
 
 # Hyperparameters that only SGD reads: the trial table and best_hparams.json
