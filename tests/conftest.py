@@ -182,6 +182,14 @@ def cli_in(cwd, args):
         os.chdir(old)
 
 
+def invoke_in(args, cwd, expect=0):
+    """:func:`cli_in` that checks the exit code (unless ``expect`` is None)."""
+    result = cli_in(cwd, args)
+    if expect is not None:
+        assert result.exit_code == expect, f"exit {result.exit_code}:\n{result.output}"
+    return result
+
+
 def tiny_cli_in(cwd, args):
     """:func:`cli_in` with the tiny AlexNet in the model table."""
     with tiny_alexnet_registered():

@@ -8,27 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from kerasalex.cli import cli
-from tests.conftest import tiny_alexnet_registered
+from tests.conftest import invoke_in, tiny_alexnet_registered
 
 FAST = ["--dataset", "digits", "--image-size", "16", "--limit", "160", "--batch-size", "32", "--precision", "float32"]
 
 
-def invoke(args, cwd, expect=0):
-    import os
-
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    if expect is not None:
-        assert result.exit_code == expect, f"exit {result.exit_code}:\n{result.output}"
-    return result
+invoke = invoke_in  # kerasalex ARGS in-process in cwd; checks the exit code
 
 
 @pytest.fixture(scope="module")

@@ -21,22 +21,13 @@ from click.testing import CliRunner
 
 from kerasalex.cli import cli
 from kerasalex.config import resolve_config, split_epochs
-from tests.conftest import run_kerasalex, run_python, tiny_alexnet_registered, tiny_command
+from tests.conftest import invoke_in, run_kerasalex, run_python, tiny_alexnet_registered, tiny_command
 
 FAST = ["--dataset", "digits", "--image-size", "16", "--limit", "160", "--batch-size", "32", "--precision", "float32"]
 NOISE = ("Could not find cuda drivers", "cuInit", "absl::InitializeLog", "cudart_stub")
 
 
-def invoke(args, cwd, expect=0):
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    if expect is not None:
-        assert result.exit_code == expect, f"exit {result.exit_code}:\n{result.output}"
-    return result
+invoke = invoke_in  # kerasalex ARGS in-process in cwd; checks the exit code
 
 
 @pytest.fixture(scope="module")
