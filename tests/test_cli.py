@@ -8,33 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from kerasalex.cli import cli
+from tests.conftest import invoke_in, tiny_alexnet_registered
 
 FAST = ["--dataset", "digits", "--image-size", "16", "--limit", "160", "--batch-size", "32", "--precision", "float32"]
 
 
-def invoke(args, cwd, expect=0):
-    import os
-
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    if expect is not None:
-        assert result.exit_code == expect, f"exit {result.exit_code}:\n{result.output}"
-    return result
+invoke = invoke_in  # kerasalex ARGS in-process in cwd; checks the exit code
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One real training run shared by the tests below: 2 epochs on digits."""
+    """One real training run shared by the tests below: 2 epochs on digits (the tiny AlexNet)."""
     cwd = tmp_path_factory.mktemp("work")
-    r = invoke(["train", "--arch", "alexnet", *FAST, "--epochs", "2", "--run-dir", "runs/digits"], cwd)
+    with tiny_alexnet_registered():
+        r = invoke(["train", "--arch", "alexnet", *FAST, "--epochs", "2", "--run-dir", "runs/digits"], cwd)
     return cwd, cwd / "runs" / "digits", r.output
 
 
@@ -88,7 +77,9 @@ def test_train_writes_the_run_folder(trained):
     assert cfg["resolved"]["precision"] == "float32"
     assert cfg["resolved"]["train_images"] == 160
     assert cfg["resolved"]["class_names"] == [str(i) for i in range(10)]
-    assert cfg["resolved"]["parameters"] > 1_000_000
+    from kerasalex.files import load_model
+
+    assert cfg["resolved"]["parameters"] == load_model(run / "model.keras").count_params()
     assert {"tensorflow", "keras", "numpy"} <= set(cfg["versions"])
     assert "cpu" in cfg["device"]
 
@@ -192,21 +183,21 @@ def test_recipe_study_is_the_studys(tmp_path):
     assert c.epochs == 3 and c.lr == 0.001
 
 
-def test_train_study_recipe_records_resolved_options(tmp_path):
+def test_train_study_recipe_records_resolved_options(tmp_path, tiny_alexnet):
     invoke(["train", "--recipe", "study", *FAST, "--limit", "60", "--epochs", "1", "--run-dir", "r"], tmp_path)
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
     assert cfg["batch_size"] == 32  # given
     assert cfg["lr"] == 0.001 and cfg["augment"] is False and cfg["recipe"] == "study"
 
 
-def test_hparams_file_feeds_train(tmp_path):
+def test_hparams_file_feeds_train(tmp_path, tiny_alexnet):
     (tmp_path / "best.json").write_text(json.dumps({"arch": "alexnet", "lr": 0.003, "optimizer": "adam", "dropout": 0.25}))
     invoke(["train", *FAST, "--limit", "60", "--epochs", "1", "--hparams", "best.json", "--run-dir", "h"], tmp_path)
     cfg = json.loads((tmp_path / "h" / "config.json").read_text())["config"]
     assert (cfg["lr"], cfg["optimizer"], cfg["dropout"]) == (0.003, "adam", 0.25)
 
 
-def test_hparams_file_dataset_holds_unless_the_command_line_names_one(tmp_path):
+def test_hparams_file_dataset_holds_unless_the_command_line_names_one(tmp_path, tiny_alexnet):
     hp = {"arch": "alexnet", "dataset": "digits", "image_size": 16, "limit": 40, "batch_size": 20,
           "epochs": 1, "precision": "float32"}
     (tmp_path / "best.json").write_text(json.dumps(hp))
@@ -217,7 +208,7 @@ def test_hparams_file_dataset_holds_unless_the_command_line_names_one(tmp_path):
     assert r.exit_code != 0 and "no-such-folder" in r.output
 
 
-def test_resume_continues_from_the_last_finished_epoch(tmp_path, monkeypatch):
+def test_resume_continues_from_the_last_finished_epoch(tmp_path, monkeypatch, tiny_alexnet):
     from kerasalex import callbacks
 
     real = callbacks.GracefulStop.on_epoch_end
@@ -308,7 +299,7 @@ def test_low_memory_cpu_training_runs_one_op_at_a_time(tmp_path):
     KERASALEX_LOW_MEMORY=1 on a CPU-only machine limits inter-op threads to 1
     and uses the system allocator, both recorded in config.json;
     TF_NUM_INTEROP_THREADS, when set, is left to TensorFlow."""
-    from tests.conftest import run_kerasalex
+    from tests.conftest import run_tiny_kerasalex
 
     args = ["train", *FAST, "--limit", "40", "--batch-size", "20", "--epochs", "1"]
     env = {"TF_NUM_INTEROP_THREADS": None, "CUDA_VISIBLE_DEVICES": "-1",
@@ -318,7 +309,7 @@ def test_low_memory_cpu_training_runs_one_op_at_a_time(tmp_path):
         ("low", {"KERASALEX_LOW_MEMORY": "1"}, 1, "system"),
         ("told", {"KERASALEX_LOW_MEMORY": "1", "TF_NUM_INTEROP_THREADS": "2"}, 0, "system"),
     ):
-        r = run_kerasalex([*args, "--run-dir", name, "-o", f"{name}.keras"], cwd=tmp_path, env={**env, **extra})
+        r = run_tiny_kerasalex([*args, "--run-dir", name, "-o", f"{name}.keras"], cwd=tmp_path, env={**env, **extra})
         assert r.returncode == 0, r.stderr[-2000:]
         resolved = json.loads((tmp_path / name / "config.json").read_text())["resolved"]
         assert (resolved["inter_op_threads"], resolved["onednn_allocator"]) == (threads, allocator), name
@@ -348,7 +339,7 @@ def test_real_cifar10_jpegs_train_briefly_and_beat_chance(tmp_path, monkeypatch)
     assert acc > 0.25, acc  # chance is 0.10
 
 
-def test_evaluate_a_folder_without_test_split_uses_the_held_out_slice(tmp_path):
+def test_evaluate_a_folder_without_test_split_uses_the_held_out_slice(tmp_path, tiny_alexnet):
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (tmp_path / "ds" / c).mkdir(parents=True)

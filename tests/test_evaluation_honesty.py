@@ -12,24 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from kerasalex.cli import cli
+from tests.conftest import invoke_in, tiny_alexnet_registered
 
 TINY = ["--arch", "alexnet", "--image-size", "16", "--epochs", "1", "--batch-size", "8", "--precision", "float32"]
 
 
-def invoke(args, cwd, expect=0):
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    if expect is not None:
-        assert result.exit_code == expect, f"exit {result.exit_code}:\n{result.output}"
-    return result
+invoke = invoke_in  # kerasalex ARGS in-process in cwd; checks the exit code
 
 
 def make_folder(root: Path, classes, n, seed=0):
@@ -44,9 +34,10 @@ def make_folder(root: Path, classes, n, seed=0):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    """Three tiny runs: a flat folder trained with --val-split 0 and with 0.2,
-    and a train/ + test/ folder whose test/ lacks class c."""
+    """Three tiny runs (the tiny AlexNet): a flat folder trained with
+    --val-split 0 and with 0.2, and a train/ + test/ folder whose test/ lacks class c."""
     cwd = tmp_path_factory.mktemp("honesty")
+    cache_dir = os.environ.get("KERASALEX_CACHE_DIR")
     os.environ["KERASALEX_CACHE_DIR"] = str(cwd / "cache")
     make_folder(cwd / "flat", ["a", "b", "c"], 10)
     make_folder(cwd / "split" / "train", ["a", "b", "c"], 8, seed=1)
@@ -54,11 +45,15 @@ def work(tmp_path_factory):
     make_folder(cwd / "split" / "train" / "a" / ".ipynb_checkpoints", ["x"], 1)  # Jupyter's copy: not an image of a
     (cwd / "split" / "train" / "b" / "notes.txt").write_text("not an image")
     out = {}
-    out["zero"] = invoke(["train", *TINY, "--dataset", "flat", "--val-split", "0", "--run-dir", "runs/zero"], cwd).output
-    out["held"] = invoke(["train", *TINY, "--dataset", "flat", "--val-split", "0.2", "--run-dir", "runs/held"], cwd).output
-    out["split"] = invoke(["train", *TINY, "--dataset", "split", "--run-dir", "runs/split"], cwd).output
+    with tiny_alexnet_registered():
+        out["zero"] = invoke(["train", *TINY, "--dataset", "flat", "--val-split", "0", "--run-dir", "runs/zero"], cwd).output
+        out["held"] = invoke(["train", *TINY, "--dataset", "flat", "--val-split", "0.2", "--run-dir", "runs/held"], cwd).output
+        out["split"] = invoke(["train", *TINY, "--dataset", "split", "--run-dir", "runs/split"], cwd).output
     yield cwd, out
-    os.environ.pop("KERASALEX_CACHE_DIR", None)
+    if cache_dir is None:
+        os.environ.pop("KERASALEX_CACHE_DIR", None)
+    else:
+        os.environ["KERASALEX_CACHE_DIR"] = cache_dir
 
 
 def test_val_split_0_final_line_has_no_nan(work):

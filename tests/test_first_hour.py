@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -22,30 +21,22 @@ from click.testing import CliRunner
 
 from kerasalex.cli import cli
 from kerasalex.config import resolve_config, split_epochs
-from tests.conftest import run_kerasalex, run_python
+from tests.conftest import invoke_in, run_kerasalex, run_python, tiny_alexnet_registered, tiny_command
 
 FAST = ["--dataset", "digits", "--image-size", "16", "--limit", "160", "--batch-size", "32", "--precision", "float32"]
 NOISE = ("Could not find cuda drivers", "cuInit", "absl::InitializeLog", "cudart_stub")
 
 
-def invoke(args, cwd, expect=0):
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    if expect is not None:
-        assert result.exit_code == expect, f"exit {result.exit_code}:\n{result.output}"
-    return result
+invoke = invoke_in  # kerasalex ARGS in-process in cwd; checks the exit code
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One 1-epoch digits run with --save-best, published to saved_models/r.keras."""
+    """One 1-epoch digits run (the tiny AlexNet) with --save-best, published to saved_models/r.keras."""
     cwd = tmp_path_factory.mktemp("first_hour")
-    r = invoke(["train", "--arch", "alexnet", *FAST, "--epochs", "1", "--save-best", "--run-dir", "runs/r",
-                "-o", "saved_models/r.keras"], cwd)
+    with tiny_alexnet_registered():
+        r = invoke(["train", "--arch", "alexnet", *FAST, "--epochs", "1", "--save-best", "--run-dir", "runs/r",
+                    "-o", "saved_models/r.keras"], cwd)
     return cwd, cwd / "runs" / "r", r.output
 
 
@@ -106,7 +97,7 @@ def test_resume_names_the_options_it_ignores(tmp_path):
     assert "--output" not in r.output.splitlines()[0]
 
 
-def test_done_line_without_a_validation_split_says_so(tmp_path):
+def test_done_line_without_a_validation_split_says_so(tmp_path, tiny_alexnet):
     r = invoke(["train", "--arch", "alexnet", *FAST[:-4], "--limit", "64", "--batch-size", "32", "--precision",
                 "float32", "--epochs", "1", "--val-split", "0", "--run-dir", "run", "-o", "m.keras"], tmp_path)
     done = next(line for line in r.output.splitlines() if line.startswith("Done:"))
@@ -135,7 +126,7 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
     assert (tmp_path / "keep").is_dir() and not (tmp_path / "keep" / "deeper").exists()
 
 
-def test_only_the_final_model_is_kept_unless_save_best(run, tmp_path):
+def test_only_the_final_model_is_kept_unless_save_best(run, tmp_path, tiny_alexnet):
     cwd, run_dir, output = run
     assert (run_dir / "best.keras").is_file()  # --save-best asked for it
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -249,7 +240,7 @@ def test_cli_stderr_has_only_what_the_user_must_read(tmp_path):
 
 def test_warnings_show_as_one_line_without_the_source_line():
     code = (
-        "import warnings\nfrom kerasalex.cli import main\n"
+        "import sys, warnings; sys.argv = ['kerasalex']\nfrom kerasalex.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "warnings.warn('skipped 1 corrupt image file(s) in x: x/a.png (cannot identify image file)', stacklevel=1)\n"
     )
@@ -258,11 +249,24 @@ def test_warnings_show_as_one_line_without_the_source_line():
     assert "UserWarning" not in r.stderr and "warnings.warn(" not in r.stderr and "<string>" not in r.stderr
 
 
+# Batches of at least 20 ms: the tiny AlexNet's epoch outlasts the second
+# the test waits before pressing Ctrl-C.
+SLOW_BATCHES = """
+import time
+from kerasalex import callbacks as C
+real = C.EpochHistory.on_train_batch_end
+def end(self, batch, logs=None):
+    time.sleep(0.02)
+    return real(self, batch, logs)
+C.EpochHistory.on_train_batch_end = end
+"""
+
+
 def test_ctrl_c_exits_right_after_the_resume_hint(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kerasalex", "train", "--arch", "alexnet", "--dataset", "digits", "--image-size", "16",
-         "--batch-size", "8", "--precision", "float32", "--epochs", "3", "--run-dir", "run", "-o", "m.keras"],
+        tiny_command(["train", "--arch", "alexnet", "--dataset", "digits", "--image-size", "16", "--batch-size", "8",
+                      "--precision", "float32", "--epochs", "3", "--run-dir", "run", "-o", "m.keras"], SLOW_BATCHES),
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     hint = None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_kerasalex
+from conftest import cli_in
 
 CORRUPT = "corrupt or incomplete model file"
 
@@ -127,8 +127,8 @@ def test_truncated_models_through_the_cli_exit_non_zero_without_traceback(good, 
     for n in (0, 1, len(data) // 2):
         bad = tmp_path / f"cut{n}.keras"
         bad.write_bytes(data[:n])
-        r = run_kerasalex(["evaluate", bad, "--dataset", "digits"], cwd=tmp_path, timeout=300)
-        assert r.returncode != 0
+        r = cli_in(tmp_path, ["evaluate", bad, "--dataset", "digits"])
+        assert r.exit_code != 0
         assert CORRUPT in r.stderr, r.stderr
         assert "Traceback" not in r.stderr + r.stdout
         assert "not found" not in r.stderr.lower()
@@ -344,8 +344,8 @@ def test_hostile_model_through_the_cli_is_one_line(good, tmp_path):
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(img)
-    r = run_kerasalex(["predict", path, img], cwd=tmp_path, timeout=300)
-    assert r.returncode != 0
+    r = cli_in(tmp_path, ["predict", path, img])
+    assert r.exit_code != 0
     assert "refused to load" in r.stderr and "TorchModuleWrapper" in r.stderr
     assert "Traceback" not in r.stderr
     assert not sentinel.exists()

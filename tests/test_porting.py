@@ -301,7 +301,7 @@ def test_port_weights_help_imports_neither_torch_nor_the_porting_code():
     from conftest import run_python
 
     proc = run_python(
-        "import sys; from kerasalex.cli import cli, COMMANDS; "
+        "import sys; sys.argv = ['kerasalex']; from kerasalex.cli import cli, COMMANDS; "
         "assert COMMANDS['port-weights'] == 'kerasalex.commands.port:port_weights'; "
         "from click.testing import CliRunner; r = CliRunner().invoke(cli, ['port-weights', '--help']); "
         "print(r.output); assert r.exit_code == 0; assert 'torch' not in sys.modules and 'kerasalex.porting' not in sys.modules"

@@ -1,7 +1,8 @@
 """The default recipe learns at any dataset size (issue 19): initialization,
 warm-up, the chance-plateau warning, flip TTA, EMA of the weights, cumulative
-training time. Mechanism tests use tiny runs (digits at 16 px); one slow test
-is the issue's target itself (digits, default recipe, 5 epochs, >= 95%).
+training time. Mechanism tests use tiny runs (the tiny AlexNet of conftest,
+digits at 16 px); one slow test is the issue's target itself (the full-size
+AlexNet, digits, default recipe, 5 epochs, >= 95%).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_kerasalex, run_python
+from conftest import TINY_DENSE_UNITS, cli_in, run_tiny_kerasalex, tiny_cli_in
 from test_reliability import KILL_AT_EPOCH  # kills its process when an epoch begins
 
 TINY = ["--arch", "alexnet", "--dataset", "digits", "--limit", "120", "--image-size", "16",
@@ -146,9 +147,8 @@ def test_at_chance_accuracy_uses_the_majority_rate_and_its_noise():
 def test_a_run_that_cannot_learn_says_so_in_the_done_line_and_summary(tmp_path):
     # A learning rate of 1e-9 leaves the zero-initialized head at uniform
     # predictions: loss ln(10) after epoch 1, chance accuracy at the end.
-    r = run_kerasalex(["train", *TINY, "--epochs", "2", "--lr", "1e-9", "--run-dir", "stuck", "-o", "stuck.keras"],
-                      cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = tiny_cli_in(tmp_path, ["train", *TINY, "--epochs", "2", "--lr", "1e-9", "--run-dir", "stuck", "-o", "stuck.keras"])
+    assert r.exit_code == 0, r.output[-2000:]
     summary = json.loads((tmp_path / "stuck" / "summary.json").read_text())
     assert any("chance plateau" in w for w in summary["warnings"]), summary["warnings"]
     assert any("at chance" in w for w in summary["warnings"]), summary["warnings"]
@@ -163,16 +163,16 @@ def test_a_run_that_cannot_learn_says_so_in_the_done_line_and_summary(tmp_path):
 def test_digits_default_recipe_five_epochs_reaches_95_percent_and_warns_nothing(tmp_path):
     """The issue's target: ``train --dataset digits --epochs 5`` with the
     default batch size, then ``evaluate``: >= 95% test accuracy (was 10%)."""
-    r = run_kerasalex(["train", "--arch", "alexnet", "--dataset", "digits", "--epochs", "5",
-                       "--run-dir", "run", "-o", "digits.keras"], cwd=tmp_path, timeout=1200)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli_in(tmp_path, ["train", "--arch", "alexnet", "--dataset", "digits", "--epochs", "5",
+                          "--run-dir", "run", "-o", "digits.keras"])
+    assert r.exit_code == 0, r.output[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["warnings"] == []
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
     assert resolved["batch_size_before_min_steps"] == 128 and resolved["batch_size"] < 128
     assert resolved["short_run"] is True and resolved["dropout"] == 0.0
-    e = run_kerasalex(["evaluate", "digits.keras", "--dataset", "digits", "--output-dir", "eval"], cwd=tmp_path)
-    assert e.returncode == 0, e.stderr[-2000:]
+    e = cli_in(tmp_path, ["evaluate", "digits.keras", "--dataset", "digits", "--output-dir", "eval"])
+    assert e.exit_code == 0, e.output[-2000:]
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert report["test_accuracy"] >= 0.95, report["test_accuracy"]
 
@@ -191,31 +191,27 @@ def _weights(path: Path) -> list[np.ndarray]:
 
 def test_ema_weights_are_resumed_exactly_and_become_the_final_model(tmp_path):
     args = ["train", *TINY, "--epochs", "3", "--ema-momentum", "0.9", "--deterministic"]
-    whole = run_kerasalex([*args, "--run-dir", "whole", "-o", "whole.keras"], cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    killed = run_python(KILL_AT_EPOCH.format(kill_at=2, args=[*args, "--run-dir", "cut", "-o", "cut.keras"]), cwd=tmp_path)
+    whole = tiny_cli_in(tmp_path, [*args, "--run-dir", "whole", "-o", "whole.keras"])
+    assert whole.exit_code == 0, whole.output[-2000:]
+    killed = run_tiny_kerasalex([*args, "--run-dir", "cut", "-o", "cut.keras"], cwd=tmp_path,
+                                prelude=KILL_AT_EPOCH.format(kill_at=2))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     # The resume state holds the raw weights and, among the optimizer's
     # variables, their moving averages.
-    check = run_python(
-        "from kerasalex import callbacks, files\n"
-        "m = files.load_model(callbacks.load_resume_state('cut')['model_path'], compile=True)\n"
-        "print(len(m.optimizer._model_variables_moving_average), len(m.trainable_variables))\n",
-        cwd=tmp_path,
-    )
-    assert check.returncode == 0, check.stderr[-2000:]
-    n_ema, n_vars = map(int, check.stdout.split()[-2:])
+    from kerasalex import callbacks, files
+
+    m = files.load_model(callbacks.load_resume_state(tmp_path / "cut")["model_path"], compile=True)
+    n_ema, n_vars = len(m.optimizer._model_variables_moving_average), len(m.trainable_variables)
     assert n_ema == n_vars > 0
-    resumed = run_kerasalex(["train", "--resume", "--run-dir", "cut"], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = tiny_cli_in(tmp_path, ["train", "--resume", "--run-dir", "cut"])
+    assert resumed.exit_code == 0, resumed.output[-2000:]
     for a, b in zip(_weights(tmp_path / "whole.keras"), _weights(tmp_path / "cut.keras")):
         np.testing.assert_array_equal(a, b)
     # The final model holds the averages, not the last step's weights: it
     # differs from the same run without EMA.
-    plain = run_kerasalex(["train", *TINY, "--epochs", "3", "--deterministic", "--run-dir", "plain", "-o", "plain.keras"],
-                          cwd=tmp_path)
-    assert plain.returncode == 0, plain.stderr[-2000:]
-    fc1 = lambda p: next(w for w in _weights(p) if w.ndim == 2 and w.shape[1] == 4096)  # noqa: E731
+    plain = tiny_cli_in(tmp_path, ["train", *TINY, "--epochs", "3", "--deterministic", "--run-dir", "plain", "-o", "plain.keras"])
+    assert plain.exit_code == 0, plain.output[-2000:]
+    fc1 = lambda p: next(w for w in _weights(p) if w.ndim == 2 and w.shape[1] == TINY_DENSE_UNITS)  # noqa: E731
     assert not np.allclose(fc1(tmp_path / "whole.keras"), fc1(tmp_path / "plain.keras"))
 
 
@@ -236,13 +232,13 @@ def test_tta_is_on_by_default_only_for_models_trained_with_flips(tmp_path):
 def test_a_resumed_short_run_keeps_what_its_first_start_resolved(tmp_path):
     args = ["train", "--arch", "alexnet", "--dataset", "digits", "--limit", "120", "--image-size", "16",
             "--precision", "float32", "--epochs", "2", "--run-dir", "run", "-o", "run.keras"]
-    killed = run_python(KILL_AT_EPOCH.format(kill_at=1, args=args), cwd=tmp_path)
+    killed = run_tiny_kerasalex(args, cwd=tmp_path, prelude=KILL_AT_EPOCH.format(kill_at=1))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     first = json.loads((tmp_path / "run" / "config.json").read_text())
     assert first["resolved"]["short_run"] is True and first["resolved"]["dropout"] == 0.0
     assert first["config"]["batch_size"] == 16 and first["resolved"]["batch_size_before_min_steps"] == 128
-    resumed = run_kerasalex(["train", "--resume", "--run-dir", "run"], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = tiny_cli_in(tmp_path, ["train", "--resume", "--run-dir", "run"])
+    assert resumed.exit_code == 0, resumed.output[-2000:]
     again = json.loads((tmp_path / "run" / "config.json").read_text())
     for key in ("short_run", "dropout", "batch_size", "batch_size_before_min_steps"):
         assert again["resolved"][key] == first["resolved"][key], key

@@ -2,8 +2,9 @@
 
 Exact resume after SIGKILL, SIGTERM as ``docker stop`` sends it, kill-safe
 writes, divergence, full disks, class mismatches. Training runs are the
-scratch AlexNet on digits at 16 px, 120 images, float32: real runs through
-the real CLI in subprocesses (SIGKILL and SIGTERM need a process of their own).
+scratch AlexNet's stack, tiny (conftest), on digits at 16 px, 120 images,
+float32: real runs through the real CLI, in subprocesses where a signal or a
+file-size limit needs a process of its own, else in-process.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_kerasalex, run_python
+from conftest import REPO, run_tiny_kerasalex, tiny_cli_in, tiny_command
 
 FAST = ["--arch", "alexnet", "--dataset", "digits", "--limit", "120", "--image-size", "16",
         "--batch-size", "32", "--precision", "float32"]
@@ -47,10 +48,11 @@ def weights_of(path: Path) -> list[np.ndarray]:
     return [np.asarray(w) for w in files.load_model(path).get_weights()]
 
 
-# Kills its own process (SIGKILL: no handler, no cleanup) when epoch `kill_at`
-# (0-based) begins, i.e. right after epoch `kill_at` - 1 was saved.
+# A prelude for conftest.run_tiny_kerasalex: kills its own process (SIGKILL:
+# no handler, no cleanup) when epoch `kill_at` (0-based) begins, i.e. right
+# after epoch `kill_at` - 1 was saved.
 KILL_AT_EPOCH = """
-import os, signal, sys
+import os, signal
 from kerasalex import callbacks as C
 real = C.EpochHistory.on_epoch_begin
 def begin(self, epoch, logs=None):
@@ -58,8 +60,6 @@ def begin(self, epoch, logs=None):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, epoch, logs)
 C.EpochHistory.on_epoch_begin = begin
-from kerasalex.cli import main
-main({args!r})
 """
 
 
@@ -74,13 +74,14 @@ def resumed_pair(tmp_path_factory):
     epoch 3 and resumed."""
     root = tmp_path_factory.mktemp("resume")
     args = ["train", *FAST, "--epochs", "6", "--deterministic"]
-    a = run_kerasalex([*args, "--run-dir", "whole", "-o", "whole.keras"], cwd=root)
-    assert a.returncode == 0, a.stderr[-2000:]
-    killed = run_python(KILL_AT_EPOCH.format(kill_at=2, args=[*args, "--run-dir", "cut", "-o", "cut.keras"]), cwd=root)
+    a = tiny_cli_in(root, [*args, "--run-dir", "whole", "-o", "whole.keras"])
+    assert a.exit_code == 0, a.output[-2000:]
+    killed = run_tiny_kerasalex([*args, "--run-dir", "cut", "-o", "cut.keras"], cwd=root,
+                                prelude=KILL_AT_EPOCH.format(kill_at=2))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     state = json.loads((root / "cut" / "resume" / "state.json").read_text())
-    resumed = run_kerasalex(["train", "--resume", "--run-dir", "cut"], cwd=root)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = tiny_cli_in(root, ["train", "--resume", "--run-dir", "cut"])
+    assert resumed.exit_code == 0, resumed.output[-2000:]
     return root, state, resumed
 
 
@@ -153,13 +154,30 @@ def test_seed_states_survive_a_process_that_numbered_layers_differently():
 # --------------------------------------------------------------------------
 
 
+# A prelude for the SIGTERM run: fc1/fc2 of 1,024 units (a resume state of
+# about 8 MB, for the file-size limit below), and batches of at least 50 ms
+# after the first epoch, so the signal lands inside epoch 2 of the tiny model.
+BIG_ENOUGH_AND_SLOW = """
+import time
+import conftest
+conftest.TINY_DENSE_UNITS = 1024
+from kerasalex import callbacks as C
+real = C.EpochHistory.on_train_batch_end
+def end(self, batch, logs=None):
+    if len(self.rows) >= 1:
+        time.sleep(0.05)
+    return real(self, batch, logs)
+C.EpochHistory.on_train_batch_end = end
+"""
+
+
 @pytest.fixture(scope="module")
 def sigtermed(tmp_path_factory):
     """A 3-epoch run sent SIGTERM as soon as epoch 1 is saved."""
     root = tmp_path_factory.mktemp("sigterm")
     log_out, log_err = open(root / "stdout.txt", "w"), open(root / "stderr.txt", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kerasalex", "train", *FAST, "--epochs", "3", "--run-dir", "run", "-o", "out.keras"],
+        tiny_command(["train", *FAST, "--epochs", "3", "--run-dir", "run", "-o", "out.keras"], BIG_ENOUGH_AND_SLOW),
         cwd=root, stdout=log_out, stderr=log_err, text=True,
     )
     state = root / "run" / "resume" / "state.json"
@@ -196,13 +214,13 @@ def test_disk_full_while_resuming_leaves_the_resume_state_unchanged(sigtermed):
     root = sigtermed[0]
     resume_dir = root / "run" / "resume"
     before = {p.name: sha256(p) for p in resume_dir.iterdir()}
-    limit = 20 * 1024 * 1024  # config, history, plots fit; a 170 MB model does not
+    limit = 2 * 1024 * 1024  # config, history, plots fit; an 8 MB model does not
 
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     r = subprocess.run(
-        [sys.executable, "-m", "kerasalex", "train", "--resume", "--run-dir", "run"],
+        tiny_command(["train", "--resume", "--run-dir", "run"]),
         cwd=root, capture_output=True, text=True, timeout=600, preexec_fn=small_files,
     )
     assert r.returncode not in (0, 143), r.stderr[-2000:]
@@ -214,8 +232,8 @@ def test_disk_full_while_resuming_leaves_the_resume_state_unchanged(sigtermed):
 
 def test_resume_after_sigterm_and_full_disk_finishes_with_each_epoch_once(sigtermed):
     root = sigtermed[0]  # (after the full-disk attempt above, in file order)
-    r = run_kerasalex(["train", "--resume", "--run-dir", "run"], cwd=root)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = tiny_cli_in(root, ["train", "--resume", "--run-dir", "run"])
+    assert r.exit_code == 0, r.output[-2000:]
     assert history_epochs(root / "run") == [1, 2, 3]
     assert (root / "out.keras").is_file()
     assert temps(root / "run") == []
@@ -345,9 +363,9 @@ def test_stale_temps_are_swept_but_a_live_writers_temp_is_not(tmp_path):
 
 
 def test_huge_learning_rate_stops_with_a_clear_message_and_saves_nothing(tmp_path):
-    r = run_kerasalex(["train", *FAST, "--epochs", "2", "--lr", "1e6", "--schedule", "constant",
-                       "--run-dir", "run", "-o", "out.keras"], cwd=tmp_path)
-    assert r.returncode == 1, r.stderr[-2000:]
+    r = tiny_cli_in(tmp_path, ["train", *FAST, "--epochs", "2", "--lr", "1e6", "--schedule", "constant",
+            "--run-dir", "run", "-o", "out.keras"])
+    assert r.exit_code == 1, r.output[-2000:]
     assert "training diverged (loss became nan at batch" in r.stderr and "lower --lr" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "resume").exists()

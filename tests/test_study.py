@@ -1,5 +1,5 @@
 """``kerasalex study`` and ``kerasalex compare``: the study end to end on
-digits (tiny), exact table rows from hand-built run folders, runs without an
+digits (tiny: the tiny AlexNet of conftest, 150 images), exact table rows from hand-built run folders, runs without an
 evaluation named or evaluated, and a resumed study that keeps finished models."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from kerasalex.cli import cli
+from tests.conftest import build_tiny_alexnet, tiny_alexnet_registered
 
 STUDY = ["--dataset", "digits", "--limit", "150", "--epochs", "1", "--image-size", "32", "--precision", "float32"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -59,8 +60,15 @@ def study(tmp_path_factory):
     """One real study on digits (scratch AlexNet; the other two skipped)."""
     out = tmp_path_factory.mktemp("study") / "digits-study"
     models = "alexnet,alexnet-torch" + ("" if vgg16_weights_cached() else ",vgg16")
-    r = kx(["study", *STUDY, "--models", models, "-o", out])
+    with tiny_alexnet_registered():
+        r = kx(["study", *STUDY, "--models", models, "-o", out])
     return out, r.output, models
+
+
+def tiny_parameters() -> str:
+    """The tiny AlexNet's parameter count at 32 px, 10 classes, as the table writes it."""
+    with tiny_alexnet_registered():
+        return f"{build_tiny_alexnet(10, (32, 32, 3)).count_params():,}"
 
 
 # --------------------------------------------------------------------------
@@ -70,7 +78,8 @@ def study(tmp_path_factory):
 
 def test_study_writes_table_figures_and_report(study):
     out, output, models = study
-    row = re.compile(r"^\| alexnet \| \d+\.\d s \| \d\.\d{4} \| \d\.\d{4} \(epoch 1\) \| \d{1,3}\.\d\d% \| [\d,]+\.\d \| 29,585,290 \|$", re.M)
+    row = re.compile(r"^\| alexnet \| \d+\.\d s \| \d\.\d{4} \| \d\.\d{4} \(epoch 1\) \| \d{1,3}\.\d\d% \| [\d,]+\.\d \| "
+                     + re.escape(tiny_parameters()) + r" \|$", re.M)
     assert HEADER in output and row.search(output), output
     assert "alexnet-torch: skipped - no ImageNet weights given; pass --alexnet-weights PATH" in output
     if "vgg16" in models:
@@ -110,7 +119,7 @@ def test_study_writes_table_figures_and_report(study):
     assert state["models"]["alexnet-torch"]["status"] == "skipped"
 
 
-def test_rerun_keeps_finished_models(study):
+def test_rerun_keeps_finished_models(study, tiny_alexnet):
     out, _, models = study
     model = out / "runs" / "alexnet" / "model.keras"
     before = (model.stat().st_mtime_ns, (out / "runs/alexnet/evaluation.json").stat().st_mtime_ns)
@@ -121,7 +130,7 @@ def test_rerun_keeps_finished_models(study):
     assert HEADER in r.output
 
 
-def test_rerun_with_other_options_is_refused(study):
+def test_rerun_with_other_options_is_refused(study, tiny_alexnet):
     out, _, models = study
     args = [a if a != "1" else "2" for a in STUDY]  # --epochs 2
     r = kx(["study", *args, "--models", models, "-o", out], expect=1)
@@ -129,7 +138,7 @@ def test_rerun_with_other_options_is_refused(study):
     assert "Traceback" not in r.output
 
 
-def test_interrupted_study_resumes_the_model_it_was_on(tmp_path, monkeypatch):
+def test_interrupted_study_resumes_the_model_it_was_on(tmp_path, monkeypatch, tiny_alexnet):
     from kerasalex import callbacks as C
 
     out = tmp_path / "s"

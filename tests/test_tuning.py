@@ -1,8 +1,9 @@
 """kerasalex tune: search spaces, each tuner kind, best_hparams -> train,
 resume after a kill, SIGTERM, damaged state files, a chief with two workers.
 
-Everything runs on digits at 16 px with 150 training images, 1-epoch trials
-and a fixed batch size (few steps per epoch).
+Everything runs the tiny AlexNet (conftest) on digits at 16 px with 150
+training images, 1-epoch trials and a fixed batch size (few steps per epoch);
+in-process, except where a signal or a second process is the point.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tiny_alexnet_registered, tiny_command
 
 TINY = ["--arch", "alexnet", "--dataset", "digits", "--limit", "150", "--image-size", "16",
         "--precision", "float32", "--max-epochs", "1"]
@@ -43,10 +43,11 @@ def _trial(project: Path, tid: str) -> dict:
 
 
 def _popen(args, cwd, log: Path, env=None) -> subprocess.Popen:
+    """``kerasalex ARGS`` with the tiny AlexNet in a process of its own."""
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.Popen(
-        [sys.executable, "-m", "kerasalex", *map(str, args)], cwd=cwd, env=e,
+        tiny_command(args), cwd=cwd, env=e,
         stdout=open(log, "w"), stderr=subprocess.STDOUT,
     )
 
@@ -198,7 +199,8 @@ def random_search(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        r = CliRunner().invoke(cli, args, catch_exceptions=False)
+        with tiny_alexnet_registered():
+            r = CliRunner().invoke(cli, args, catch_exceptions=False)
     finally:
         os.chdir(cwd)
     assert r.exit_code == 0, r.output
@@ -245,7 +247,7 @@ def test_random_search_outputs(random_search):
     assert "precision float32 (as --precision asked)" in output
 
 
-def test_best_hparams_round_trip_into_train(random_search, invoke):
+def test_best_hparams_round_trip_into_train(random_search, invoke, tiny_alexnet):
     """`train --hparams best_hparams.json` with the retrain's budget on the
     command line is the retrain; without it, the winner on all the data with
     the recipe's epochs and a validation split."""
@@ -269,7 +271,7 @@ def test_best_hparams_round_trip_into_train(random_search, invoke):
     assert winner.lr == ours["lr"] and winner.optimizer == ours["optimizer"]
 
 
-def test_rerun_keeps_trials_and_repairs_damaged_state(random_search, invoke, tmp_path):
+def test_rerun_keeps_trials_and_repairs_damaged_state(random_search, invoke, tmp_path, tiny_alexnet):
     root, args, _ = random_search
     src = root / "tuning" / "alexnet-digits-random"
     project = tmp_path / "tuning" / "alexnet-digits-random"
@@ -303,7 +305,7 @@ def test_rerun_keeps_trials_and_repairs_damaged_state(random_search, invoke, tmp
     json.loads((project / "oracle.json").read_text())  # whole again
 
 
-def test_other_settings_refused_then_overwrite_starts_afresh(random_search, invoke, tmp_path):
+def test_other_settings_refused_then_overwrite_starts_afresh(random_search, invoke, tmp_path, tiny_alexnet):
     root, args, _ = random_search
     project = tmp_path / "tuning" / "alexnet-digits-random"
     shutil.copytree(root / "tuning" / "alexnet-digits-random", project, ignore=shutil.ignore_patterns("retrain"))
@@ -326,7 +328,7 @@ def test_other_settings_refused_then_overwrite_starts_afresh(random_search, invo
 # --------------------------------------------------------------------------
 
 
-def test_bayesian_search(invoke, tmp_path):
+def test_bayesian_search(invoke, tmp_path, tiny_alexnet):
     space = _space_file(tmp_path)
     invoke(["tune", *TINY, "--tuner", "bayesian", "--max-trials", "3", "--search-space", space, "--no-retrain"])
     project = tmp_path / "tuning" / "alexnet-digits-bayesian"
@@ -337,7 +339,7 @@ def test_bayesian_search(invoke, tmp_path):
     assert (project / "best_hparams.json").exists() and not (tmp_path / "saved_models").exists()
 
 
-def test_hyperband_continues_the_best_model(invoke, tmp_path):
+def test_hyperband_continues_the_best_model(invoke, tmp_path, tiny_alexnet):
     space = _space_file(tmp_path)
     # max-epochs 3, factor 3: three 1-epoch trials, then the best one trained
     # on to epoch 3 from its checkpoint (capped at 4 trials).
@@ -361,7 +363,7 @@ def test_hyperband_continues_the_best_model(invoke, tmp_path):
 # --------------------------------------------------------------------------
 
 
-def test_kill_then_sigterm_then_rerun_finishes_without_rerunning(tmp_path, invoke):
+def test_kill_then_sigterm_then_rerun_finishes_without_rerunning(tmp_path, invoke, tiny_alexnet):
     space = _space_file(tmp_path)
     args = ["tune", *TINY, "--tuner", "random", "--max-trials", "3", "--search-space", space, "--no-retrain"]
     project = tmp_path / "tuning" / "alexnet-digits-random"
@@ -464,17 +466,17 @@ def test_chief_and_two_workers_on_loopback(tmp_path):
 def test_a_search_that_exhausts_its_space_says_why(tmp_path):
     """Two combinations and --max-trials 4: the search stops after 2 and says
     the space was exhausted (issue 14)."""
-    from conftest import run_kerasalex
+    from conftest import tiny_cli_in
 
     from kerasalex.tuning import space_size
 
     space = {"optimizer": {"fixed": "sgd"}, "lr": {"values": [0.01, 0.02]}, "momentum": {"fixed": 0.9},
              "weight_decay": {"fixed": 0.0}, "dropout": {"fixed": 0.0}, "label_smoothing": {"fixed": 0.0},
              "batch_size": {"fixed": 128}, "augment": {"fixed": False}}
-    r = run_kerasalex(["tune", *TINY, "--tuner", "random", "--max-trials", "4", "--search-space",
-                       _space_file(tmp_path, space), "--directory", tmp_path / "t"], cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    out = r.stdout + r.stderr
+    r = tiny_cli_in(tmp_path, ["tune", *TINY, "--tuner", "random", "--max-trials", "4", "--search-space",
+                               _space_file(tmp_path, space), "--directory", tmp_path / "t"])
+    assert r.exit_code == 0, r.output[-4000:]
+    out = r.output
     assert "the search ended after 2 of 4 trials: all 2 combination(s) of the search space were tried" in out
 
     import keras_tuner
