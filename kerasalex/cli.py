@@ -71,7 +71,7 @@ def cli():
 
 
 # Commands that import TensorFlow (compare only with --evaluate).
-TF_COMMANDS = ("train", "evaluate", "predict", "study", "tune", "port-weights", "compare")
+TF_COMMANDS = ("train", "evaluate", "predict", "study", "tune", "port-weights", "compare", "export")
 
 # What TensorFlow prints on stderr while it loads, before its log level is in
 # force (absl logging is not initialized yet, so TF_CPP_MIN_LOG_LEVEL cannot

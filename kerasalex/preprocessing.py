@@ -71,8 +71,13 @@ def resize(x, height: int, width: int, name: str = "resize"):
     input back to integers when called eagerly (``model(x)``) but not inside
     a ``tf.function`` (``predict``, exported graphs), so on uint8 it would
     make ``model(x)`` and ``model.predict(x)`` differ.
+
+    Called with ``training=False``: Keras 3.15's ``Resizing`` declares
+    ``training=True`` as its default, and a plain ``model(x)`` then runs every
+    later layer in training mode (a BatchNormalization after it would use
+    batch statistics; measured).
     """
-    return layers.Resizing(height, width, interpolation="bilinear", name=name)(x)
+    return layers.Resizing(height, width, interpolation="bilinear", name=name)(x, training=False)
 
 
 def augment(x, enabled: bool, seed: int | None = None, translate: float = 0.125, random_erasing: float = 0.0):
@@ -151,9 +156,9 @@ def vgg_preprocess(x):
 def resize_center_crop(x, resize: int, crop: int):
     """torchvision's ``Resize(resize)`` + ``CenterCrop(crop)`` for square inputs,
     as layers (on float input: see :func:`resize`)."""
-    x = layers.Resizing(resize, resize, interpolation="bilinear", name="resize")(x)
+    x = layers.Resizing(resize, resize, interpolation="bilinear", name="resize")(x, training=False)  # see resize()
     if crop != resize:
-        x = layers.CenterCrop(crop, crop, name="center_crop")(x)
+        x = layers.CenterCrop(crop, crop, name="center_crop")(x, training=False)
     return x
 
 

@@ -462,10 +462,12 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
     from kerasalex import callbacks as C
     from kerasalex.models import get_architecture
 
+    arch = get_architecture(config.arch)
+    # An option the architecture does not take is refused before any folder or data.
+    arch.check_options(weights=config.weights, base_weights=config.base_weights, freeze_base=config.freeze_base)
     config, run_dir, state, saved_resolved = runs.open_run(config, resume, _say)
     config, run_dir, strategy, chief, inter_op = _start_workers(config, run_dir, stop)
     precision = _set_numerics(config)
-    arch = get_architecture(config.arch)
 
     t0 = time.perf_counter()
     data = prepare_data(config)

@@ -138,7 +138,7 @@ def test_builders_make_exactly_the_allowlisted_stock_layers():
                 kw = {**kw, "resize": 96, "crop": 95}
             fn = get_architecture(arch).builder_fn()
             model = fn(num_classes=3, **{**MODEL_TABLE[arch], **kw})
-            for trained in (model, training_model(model, augment=True, seed=0)):
+            for trained in (model, training_model(model, augment=True, seed=0, random_erasing=0.25)):
                 objects = _layer_classes(keras.saving.serialize_keras_object(trained))
                 assert all(m.startswith("keras") for m, _ in objects), objects
                 assert not any("registered_name" in str(o) and "kerasalex" in str(o) for o in objects)

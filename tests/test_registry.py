@@ -107,7 +107,9 @@ def test_tiny_model_reloads_through_the_checked_loader(arch, tiny, tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
     assert get_class_names(loaded) == CLASSES
 
-    trainer = training_model(model, augment=True, seed=0)
+    # Every augmentation the training front can hold (flip, translation,
+    # random erasing): the resume file must pass the checked loader with it.
+    trainer = training_model(model, augment=True, seed=0, random_erasing=0.25)
     assert _serialized_classes(trainer) <= a.layers | a.ops | TRAINING_FRONT_LAYERS
     if model.count_params() > 20_000_000:  # alexnet-torch (no tiny option): its 0.5 GB resume file costs a minute
         return
@@ -161,6 +163,8 @@ def test_train_with_weights_for_the_scratch_alexnet_is_refused(tmp_path, monkeyp
     with pytest.raises(ValueError, match="architecture 'alexnet' does not take the option weights"):
         train(config, verbose=0)
     assert not (tmp_path / "m.keras").exists()
+    # refused before the run folder exists or any data is read
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------

@@ -108,6 +108,22 @@ class Architecture:
         """Its own values for ``recipe`` (empty when it has none)."""
         return dict(self.recipes.get(recipe, {}))
 
+    def check_options(self, **kwargs):
+        """Raises the one-line ValueError of :meth:`build` for a non-None
+        option the builder does not take (so a run can refuse it before
+        loading any data)."""
+        params = inspect.signature(self.builder_fn()).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        refused = sorted(k for k in given if k not in params and k not in SHARED_OPTIONS)
+        if refused:
+            options = sorted(k for k in params if k not in ("num_classes", "input_shape", "class_names", "name"))
+            raise ValueError(
+                f"architecture {self.name!r} does not take the option {refused[0]} "
+                f"(its builder's arguments: {', '.join(options)}). Received: {refused[0]}={given[refused[0]]!r}"
+            )
+
     def build(self, **kwargs):
         """Calls the builder. ``None`` values are "unset" and dropped, so the
         builder's defaults hold; :data:`SHARED_OPTIONS` the builder does not
@@ -122,20 +138,14 @@ class Architecture:
         params = inspect.signature(fn).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         given = {k: v for k, v in kwargs.items() if v is not None}
-        refused = sorted(k for k in given if k not in params and k not in SHARED_OPTIONS and not takes_any)
-        if refused:
-            options = sorted(k for k in params if k not in ("num_classes", "input_shape", "class_names", "name"))
-            raise ValueError(
-                f"architecture {self.name!r} does not take the option {refused[0]} "
-                f"(its options: {', '.join(options)}). Received: {refused[0]}={given[refused[0]]!r}"
-            )
+        self.check_options(**given)
         return fn(**{k: v for k, v in given.items() if takes_any or k in params})
 
 
 # The Keras classes every functional model holds, and the training front's
 # (kerasalex.models.training_model, in resume files).
 _FUNCTIONAL = frozenset({"InputLayer", "Functional"})
-TRAINING_FRONT_LAYERS = _FUNCTIONAL | {"RandomFlip", "RandomTranslation"}
+TRAINING_FRONT_LAYERS = _FUNCTIONAL | {"RandomFlip", "RandomTranslation", "RandomErasing"}
 _CONV_NET = _FUNCTIONAL | {"Rescaling", "Resizing", "Conv2D", "MaxPooling2D", "Flatten", "Dropout", "Dense"}
 
 ARCHITECTURES: dict[str, Architecture] = {
