@@ -96,17 +96,7 @@ def resolve_precision(precision: str) -> str:
     return "float32"
 
 
-# TODO(registry): per-architecture data; it belongs next to the "alexnet"
-# entry in kerasalex.models (a measured_images_per_second field) once the
-# model table carries it.
-# Measured training speed of the scratch alexnet (batch 128, default recipe)
-# on 2 vCPUs of an AMD EPYC with AVX512-BF16, no GPU: what a start-up line
-# quotes. bfloat16: the 30-epoch CIFAR-10 run of the README's Results;
-# float32: benchmarks/bench_gpu.py on 5,000 CIFAR-10 images.
-MEASURED_IMAGES_PER_SECOND = {
-    ("alexnet", "mixed_bfloat16"): (225.6, "the README's 30-epoch CIFAR-10 run"),
-    ("alexnet", "float32"): (137.0, "benchmarks/bench_gpu.py"),
-}
+# The CPU the registry's cpu_images_per_second figures were measured on.
 MEASURED_ON = "2 vCPUs of an AMD EPYC (AVX512-BF16)"
 
 
@@ -145,10 +135,14 @@ def explain_precision(requested: str, policy: str, arch: str | None = None) -> s
         else:
             why = "auto: this CPU has no bfloat16 units, no avx512_bf16/amx_bf16 flag"
     line = f"precision {policy} ({why})"
-    figure = MEASURED_IMAGES_PER_SECOND.get((arch, policy))
+    from kerasalex.models import ARCHITECTURES
+
+    row = ARCHITECTURES.get(arch) if arch else None
+    figure = row.cpu_images_per_second.get(policy) if row is not None else None
     if figure is not None and not gpu_devices():
         speed, source = figure
-        line += f"; expect ~{speed:.0f} images/s or less (measured on {MEASURED_ON}: {source})"
+        line += (f"; expect ~{speed:.0f} images/s or less at batch 128 and {row.image_size} px "
+                 f"(measured on {MEASURED_ON}: {source})")
     return line
 
 

@@ -68,6 +68,10 @@ class Architecture:
             random one).
         study_label: its row label in ``kerasalex study``; None = not in the
             study's default model list.
+        cpu_images_per_second: precision policy -> (training images/s at
+            batch 128 and its image size, where it was measured) on the
+            reference CPU (:data:`kerasalex.training.MEASURED_ON`), quoted
+            by a run's first line.
         study_weights_flag: the ``kerasalex study`` option (without ``--``)
             that passes its pretrained weights, when it has one.
         recipes: its values per recipe (``{"default": {...}, "study":
@@ -96,6 +100,7 @@ class Architecture:
     recipes: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     layers: frozenset[str] = frozenset()
     ops: frozenset[str] = frozenset()
+    cpu_images_per_second: Mapping[str, tuple[float, str]] = dataclasses.field(default_factory=dict)
 
     def builder_fn(self) -> Callable[..., Any]:
         module, func = self.builder.split(":")
@@ -158,6 +163,14 @@ ARCHITECTURES: dict[str, Architecture] = {
             image_size=32,
             min_image_size=16,
             study_label="AlexNet from scratch (the study's 32x32 AlexNet)",
+            # Measured training speed (default recipe, batch 128, 32 px) on 2
+            # vCPUs of an AMD EPYC with AVX512-BF16, no GPU: what a run's
+            # first line quotes. bfloat16: the README's 30-epoch CIFAR-10
+            # run; float32: benchmarks/bench_gpu.py on 5,000 CIFAR-10 images.
+            cpu_images_per_second={
+                "mixed_bfloat16": (225.6, "the README's 30-epoch CIFAR-10 run"),
+                "float32": (137.0, "benchmarks/bench_gpu.py"),
+            },
             recipes={
                 # At least 1,000 optimizer steps per run (see
                 # kerasalex.config.auto_batch_size; the batch shrinks only on
