@@ -228,17 +228,14 @@ def feature_stream(
 
     Returns (dataset, steps_per_epoch).
     """
-    from kerasalex.data import epoch_order, steps_per_epoch
+    from kerasalex.data import epoch_batches, steps_per_epoch
 
     n = int(features.shape[0])
     eye = np.eye(num_classes, dtype=np.float32)
 
     def batches():
-        for epoch in range(start_epoch, max(start_epoch + 1, epochs)):
-            order = epoch_order(n, seed, epoch)
-            for i in range(0, n, batch_size):
-                idx = order[i : i + batch_size]
-                yield np.asarray(features[idx], dtype=np.float32), eye[labels[idx]]
+        for idx in epoch_batches(n, batch_size, seed, start_epoch, epochs):
+            yield np.asarray(features[idx], dtype=np.float32), eye[labels[idx]]
 
     steps = steps_per_epoch(n, batch_size)
     n_epochs = max(start_epoch + 1, epochs) - start_epoch

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 
-def _tiny(seed=0):
+def _tiny():
     from kerasalex.models import build_model
 
     return build_model("alexnet", num_classes=3, input_shape=(16, 16, 3), filters=(2, 2, 2, 2, 2), dense_units=4)

@@ -22,7 +22,7 @@ from kerasalex.models import (
     training_model,
 )
 from tests.conftest import BLOCK_KERASALEX, run_python
-from tests.test_registry import MODEL_LIST
+from tests.test_registry import MODEL_LIST, serialized_objects
 
 # One row per architecture, small and fast: the registry test's table
 # (tests/test_registry.py MODEL_LIST), so a new architecture adds one test row.
@@ -109,24 +109,6 @@ for arch, path in {({a: str(p) for a, p in paths.items()})!r}.items():
         assert f"{arch} ['a', 'b', 'c'] uint8 (None, None, None, 3)" in r.stdout
 
 
-def _layer_classes(config) -> set[tuple[str, str]]:
-    """(module, class_name) of every object with a module in a serialized model."""
-    found = set()
-
-    def walk(node):
-        if isinstance(node, list):
-            for v in node:
-                walk(v)
-        elif isinstance(node, dict):
-            if isinstance(node.get("class_name"), str) and "module" in node:
-                found.add((node.get("module") or "", node["class_name"]))
-            for v in node.values():
-                walk(v)
-
-    walk(config)
-    return found
-
-
 def test_builders_make_exactly_the_allowlisted_stock_layers():
     """Every layer of every architecture (with its options on) and of the
     training front is a stock Keras layer, and the checked loader's allowlist
@@ -139,7 +121,7 @@ def test_builders_make_exactly_the_allowlisted_stock_layers():
             fn = get_architecture(arch).builder_fn()
             model = fn(num_classes=3, **{**MODEL_TABLE[arch], **kw})
             for trained in (model, training_model(model, augment=True, seed=0, random_erasing=0.25)):
-                objects = _layer_classes(keras.saving.serialize_keras_object(trained))
+                objects = serialized_objects(keras.saving.serialize_keras_object(trained))
                 assert all(m.startswith("keras") for m, _ in objects), objects
                 assert not any("registered_name" in str(o) and "kerasalex" in str(o) for o in objects)
                 seen |= {c for m, c in objects if m.startswith(("keras.layers", "keras.src.models", "keras.src.layers",

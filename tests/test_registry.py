@@ -43,9 +43,9 @@ MODEL_LIST = [
 CLASSES = ["a", "b", "c"]
 
 
-def _serialized_classes(model) -> set[str]:
-    """class_name of every object of ``model``'s config under a Keras layer,
-    model or ops module."""
+def serialized_objects(config) -> set[tuple[str, str]]:
+    """(module, class_name) of every object with a module in a serialized
+    model (``keras.saving.serialize_keras_object``), at any depth."""
     found = set()
 
     def walk(node):
@@ -53,16 +53,20 @@ def _serialized_classes(model) -> set[str]:
             for v in node:
                 walk(v)
         elif isinstance(node, dict):
-            module = node.get("module") or ""
-            if isinstance(node.get("class_name"), str) and module.startswith(
-                ("keras.layers", "keras.src.layers", "keras.src.models", "keras.src.ops")
-            ):
-                found.add(node["class_name"])
+            if isinstance(node.get("class_name"), str) and "module" in node:
+                found.add((node.get("module") or "", node["class_name"]))
             for v in node.values():
                 walk(v)
 
-    walk(keras.saving.serialize_keras_object(model))
+    walk(config)
     return found
+
+
+def _serialized_classes(model) -> set[str]:
+    """class_name of every object of ``model``'s config under a Keras layer,
+    model or ops module."""
+    prefixes = ("keras.layers", "keras.src.layers", "keras.src.models", "keras.src.ops")
+    return {c for m, c in serialized_objects(keras.saving.serialize_keras_object(model)) if m.startswith(prefixes)}
 
 
 def test_model_list_covers_every_architecture():

@@ -68,7 +68,7 @@ from kerasalex.data.named import (
     load_cifar_python,
     load_digits_rgb,
 )
-from kerasalex.data.pipeline import epoch_order, eval_dataset, images_only, steps_per_epoch, train_stream
+from kerasalex.data.pipeline import epoch_batches, epoch_order, eval_dataset, images_only, steps_per_epoch, train_stream
 from kerasalex.data.splits import SPLIT_SEED, ImageData, Split, carve_validation, fingerprint, stratified_sample
 __all__ = [
     "ALPHA_BACKGROUND",
@@ -84,6 +84,7 @@ __all__ = [
     "DIGITS_CLASSES",
     "DIGITS_TEST_FRACTION",
     "display_name",
+    "epoch_batches",
     "epoch_order",
     "eval_dataset",
     "fingerprint",

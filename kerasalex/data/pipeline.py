@@ -24,6 +24,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch)]).permutation(n)
 
 
+def epoch_batches(n: int, batch_size: int, seed: int, start_epoch: int, epochs: int):
+    """The index arrays of every training batch of epochs
+    ``start_epoch..epochs-1`` (at least one epoch), each epoch in its
+    :func:`epoch_order`: the one batch order of :func:`train_stream` and of
+    the transfer head's cached-feature stream."""
+    for epoch in range(start_epoch, max(start_epoch + 1, epochs)):
+        order = epoch_order(n, seed, epoch)
+        for i in range(0, n, batch_size):
+            yield order[i : i + batch_size]
+
+
 def train_stream(
     split: Split,
     batch_size: int,
@@ -51,11 +62,8 @@ def train_stream(
     eye = np.eye(num_classes, dtype=np.float32)
 
     def batches():
-        for epoch in range(start_epoch, max(start_epoch + 1, epochs)):
-            order = epoch_order(n, seed, epoch)
-            for i in range(0, n, batch_size):
-                idx = order[i : i + batch_size]
-                yield x[idx], (eye[y[idx]] if one_hot else y[idx])
+        for idx in epoch_batches(n, batch_size, seed, start_epoch, epochs):
+            yield x[idx], (eye[y[idx]] if one_hot else y[idx])
 
     label_spec = (
         tf.TensorSpec((None, num_classes), tf.float32) if one_hot else tf.TensorSpec((None,), tf.int32)
