@@ -40,9 +40,18 @@ def _started_as_cli() -> bool:
 # to check and write model files, so every process has it.
 from kerasalex import models  # noqa: E402,F401
 
+def _in_worker_process() -> bool:
+    """A multiprocessing child (the first decode's worker processes, see
+    :func:`kerasalex.data.folders.decode_files`): it decodes images and
+    never loads a model, so it skips TensorFlow's start-up (5 s and ~300 MB
+    each). Import ``kerasalex.preprocessing`` there to register the layers."""
+    mp = _sys.modules.get("multiprocessing")
+    return mp is not None and mp.parent_process() is not None
+
+
 # The command line imports TensorFlow only inside the commands that need it
 # (so `kerasalex --help` is instant); everyone else gets the layers registered
 # on `import kerasalex`.
-if not _started_as_cli():
+if not _started_as_cli() and not _in_worker_process():
     from kerasalex import preprocessing  # noqa: E402,F401  (registers layers)
     from kerasalex import optimizers  # noqa: E402,F401  (registers FusedSGD)

@@ -76,6 +76,10 @@ class TrainConfig:
     # How images of another shape become square: "squash" or "crop" (shorter
     # side scaled, centre cropped); None = the architecture's default.
     resize: str | None = None
+    # Where a folder's decoded images are kept while training: "auto"
+    # (memory up to 1 GiB of decoded images, else disk), "memory" or "disk"
+    # (kerasalex.data.folders.choose_storage).
+    data_cache: str = "auto"
     seed: int = 0
     precision: str = "auto"
     jit_compile: str = "auto"
@@ -130,6 +134,8 @@ class TrainConfig:
             bad("dropout", "in [0, 1)")
         if self.resize is not None and self.resize not in ("squash", "crop"):
             bad("resize", "one of ('squash', 'crop')")
+        if self.data_cache not in ("auto", "memory", "disk"):
+            bad("data_cache", "one of ('auto', 'memory', 'disk')")
         if self.limit is not None and int(self.limit) < 2:
             bad("limit", "at least 2")
         if self.short_run_dropout is not None and not 0.0 <= float(self.short_run_dropout) < 1.0:

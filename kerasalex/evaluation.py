@@ -40,14 +40,17 @@ def check_classes(model_classes: Sequence[str], data_classes: Sequence[str], mod
         )
 
 
-def predict_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The model's logits for uint8 images (refuses floats: see
-    :func:`kerasalex.preprocessing.check_images`)."""
+def predict_logits(model, x: np.ndarray, batch_size: int = 256, flip: bool = False) -> np.ndarray:
+    """The model's logits (N, classes) float32 for uint8 images ``x`` (N, H,
+    W, 3), or for images on disk (:class:`~kerasalex.data.cache.DiskImages`,
+    read a batch at a time); ``flip``: of the images mirrored left-right.
+    Refuses floats (see :func:`kerasalex.preprocessing.check_images`)."""
     from kerasalex.data import images_only
     from kerasalex.preprocessing import check_images
 
-    x = check_images(x)
-    return np.asarray(model.predict(images_only(x, batch_size), verbose=0), dtype=np.float32)
+    if not hasattr(x, "chunks"):  # images on disk are uint8 (N, H, W, 3) by construction
+        x = check_images(x)
+    return np.asarray(model.predict(images_only(x, batch_size, flip=flip), verbose=0), dtype=np.float32)
 
 
 def predict_probabilities(model, x: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
@@ -60,8 +63,7 @@ def predict_probabilities(model, x: np.ndarray, batch_size: int = 256, tta: bool
     """
     probs = softmax(predict_logits(model, x, batch_size))
     if tta:
-        flipped = np.ascontiguousarray(x[:, :, ::-1])
-        probs = 0.5 * (probs + softmax(predict_logits(model, flipped, batch_size)))
+        probs = 0.5 * (probs + softmax(predict_logits(model, x, batch_size, flip=True)))
     return probs
 
 
@@ -143,7 +145,7 @@ def _scored_split(model_path: Path, data, dataset: str, split: str, val_split: f
     return test
 
 
-def _load_scored(model_path: Path, model, names, dataset, data_dir, split, val_split, log):
+def _load_scored(model_path: Path, model, names, dataset, data_dir, split, val_split, log, storage="auto"):
     """(data, scored split, decoding rule): the dataset decoded by the model's
     own rule, its classes checked before any image is decoded or scored."""
     from kerasalex.data import NAMED_DATASETS, describe_left_out, load_data
@@ -152,7 +154,7 @@ def _load_scored(model_path: Path, model, names, dataset, data_dir, split, val_s
     if dataset not in NAMED_DATASETS and Path(dataset).is_dir():
         _check_folder_classes(model_path, dataset, split, names)
     data = load_data(dataset, data_dir, image_size=rule.size, resize=rule.resize, interpolation=rule.interpolation,
-                     test=(split == "test"), class_names=names)
+                     test=(split == "test"), class_names=names, storage=storage)
     if dataset in NAMED_DATASETS:
         check_classes(names, data.class_names, model_path, dataset)
     if data.left_out:
@@ -172,6 +174,7 @@ def evaluate(
     val_split: float | None = None,
     log=None,
     tta: bool | None = None,
+    storage: str = "auto",
 ) -> dict:
     """Evaluates a saved model on a dataset's test split (or held-out slice).
 
@@ -198,6 +201,8 @@ def evaluate(
         tta: horizontal-flip test-time augmentation (see
             :func:`predict_probabilities`); None = :func:`default_tta`.
             Recorded as ``tta`` in the report.
+        storage: an image folder's decoded images: ``auto``, ``memory`` or
+            ``disk`` (:func:`kerasalex.data.folders.choose_storage`).
 
     Raises:
         ValueError: (one line) unknown classes, no such split, no held-out data.
@@ -214,7 +219,7 @@ def evaluate(
     model_path = Path(model_path)
     model = files.load_model(model_path)
     names = get_class_names(model)
-    data, test, rule = _load_scored(model_path, model, names, dataset, data_dir, split, val_split, log)
+    data, test, rule = _load_scored(model_path, model, names, dataset, data_dir, split, val_split, log, storage)
     where = f"{data.name} test" if split == "test" else f"{data.name}, held-out validation slice"
     x, y, sample = _sample(test, limit)
     if tta is None:
@@ -257,7 +262,8 @@ def _sample(test, limit: int | None):
     if limit is None or limit >= len(test.y):
         return test.x, test.y, None
     idx = stratified_sample(test.y, limit, seed=SPLIT_SEED)
-    return test.x[idx], test.y[idx], {"limit": int(limit), "of": int(len(test.y)), "seed": SPLIT_SEED, "stratified": True}
+    picked = test.take(idx)  # images on disk: a view, read batch by batch
+    return picked.x, picked.y, {"limit": int(limit), "of": int(len(test.y)), "seed": SPLIT_SEED, "stratified": True}
 
 
 def _write_evaluation(out: Path, result: dict, report_txt: str, cm, model_path: Path, where: str, scored,

@@ -102,6 +102,10 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "resize": _opt("--resize", type=click.Choice(["squash", "crop"]), default=None,
                    help="Non-square folder images: squash to the square, or scale the shorter side and crop the "
                         "centre (torchvision style) [architecture's: crop for alexnet-torch/vgg16, else squash]."),
+    "data_cache": _opt("--data-cache", type=click.Choice(["auto", "memory", "disk"]), default=None,
+                       help="Image folders: keep the decoded images in memory, or on disk in the decode cache "
+                            "(read by position, constant memory); auto = memory up to 1 GiB of decoded images "
+                            "[auto]."),
     "seed": _opt("--seed", type=int, default=None, help="Random seed (weights, data order, augmentation) [0]."),
     "precision": _opt("--precision", type=click.Choice(PRECISIONS), default=None,
                       help="Keras dtype policy; auto = bf16 on AVX512-BF16/AMX CPUs and Ampere+ GPUs, fp16 on "

@@ -170,7 +170,8 @@ def prepare_data(config: TrainConfig):
     rule = resize_rule(config)
     if rule.size < arch.min_image_size:
         raise ValueError(f"--image-size {rule.size} is too small for {config.arch} (at least {arch.min_image_size})")
-    return D.prepare(config.dataset, rule, data_dir=config.data_dir, val_split=config.val_split, limit=config.limit)
+    return D.prepare(config.dataset, rule, data_dir=config.data_dir, val_split=config.val_split, limit=config.limit,
+                     storage=config.data_cache)
 
 
 def build_training_model(config: TrainConfig, data, seed: int | None = None):

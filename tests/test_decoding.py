@@ -224,7 +224,7 @@ def test_the_cache_is_keyed_on_every_decoding_option(tmp_path):
     squash = D.scan_folder(root, D.ResizeRule(10, "squash")).split.x
     crop = D.scan_folder(root, D.ResizeRule(10, "crop")).split.x
     nearest = D.scan_folder(root, D.ResizeRule(10, "squash", "nearest")).split.x
-    assert len(list((tmp_path / "cache" / "folders").glob("*.npz"))) == 3
+    assert len(list((tmp_path / "cache" / "folders").glob("*/manifest.json"))) == 3
     assert not np.array_equal(squash, crop) and not np.array_equal(squash, nearest)
     assert (crop[:, 2:] == 0).all()  # the centre third is black
 

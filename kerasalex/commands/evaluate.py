@@ -28,7 +28,10 @@ from kerasalex.commands import user_errors
 @click.option("--tta/--no-tta", default=None,
               help="Horizontal-flip test-time augmentation: average the predictions of each image and its mirror "
                    "[on for models trained with random flips].")
-def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val_split, tta):
+@click.option("--data-cache", type=click.Choice(["auto", "memory", "disk"]), default="auto", show_default=True,
+              help="Image folders: keep the decoded images in memory, or read them from the decode cache on disk "
+                   "(constant memory); auto = memory up to 1 GiB of decoded images.")
+def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val_split, tta, data_cache):
     """Test loss/accuracy, classification report, confusion matrix of MODEL.
 
     The test set may lack some of the model's classes (matched by folder
@@ -68,7 +71,7 @@ def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val
         if split == "auto":
             split = evaluation_split(dataset)
         r = run_eval(model, dataset, data_dir, batch_size, output_dir, limit, split=split, val_split=val_split,
-                     log=click.echo, tta=tta)
+                     log=click.echo, tta=tta, storage=data_cache)
     click.echo(r["report_text"])
     label = "Test accuracy" if r["split"] == "test" else "Held-out accuracy"
     sample = r.get("sample")

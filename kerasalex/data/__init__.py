@@ -147,6 +147,7 @@ def load_data(
     interpolation: str | None = None,
     test: bool = True,
     class_names: Sequence[str] | None = None,
+    storage: str = "auto",
 ) -> ImageData:
     """Loads a dataset by name (``cifar10``, ``cifar100``, ``digits``) or path
     (an image folder) as uint8 train/test splits, every image decoded and
@@ -163,6 +164,8 @@ def load_data(
             :func:`default_interpolation` of the dataset.
         test: also load the test split (training passes False: it never reads it).
         class_names: the model's classes, to match a folder's ``test/`` by name.
+        storage: an image folder's decoded images: ``auto``, ``memory`` or
+            ``disk`` (see :func:`kerasalex.data.folders.choose_storage`).
     """
     size = int(image_size or DEFAULT_IMAGE_SIZE)
     if size < 1:
@@ -180,7 +183,7 @@ def load_data(
             raise ValueError(
                 f"dataset {dataset!r} is neither a known name ({', '.join(NAMED_DATASETS)}) nor an existing folder"
             )
-        return load_folder(p, rule, test=test, class_names=class_names)
+        return load_folder(p, rule, test=test, class_names=class_names, storage=storage)
     if not test:
         data.test = None
     for split in (data.train, data.test):
@@ -200,6 +203,7 @@ def prepare(
     data_dir: str | None = None,
     val_split: float = 0.1,
     limit: int | None = None,
+    storage: str = "auto",
 ) -> ImageData:
     """A run's training data: the one path train, transfer and tune take.
 
@@ -217,6 +221,9 @@ def prepare(
         data_dir: cifar10/cifar100 offline: a local python-format archive or folder.
         val_split: the fraction held out for validation (0: none).
         limit: keep this many training images (and a validation slice in proportion).
+        storage: an image folder's decoded images: ``auto``, ``memory`` or
+            ``disk`` (:func:`kerasalex.data.folders.choose_storage`); on disk,
+            ``train.x`` and ``val.x`` are :class:`~kerasalex.data.cache.DiskImages`.
 
     Returns:
         An :class:`ImageData` with ``train``, ``val`` (or None), ``test=None``
@@ -235,7 +242,7 @@ def prepare(
     import dataclasses
 
     source = load_data(dataset, data_dir, image_size=rule.size, resize=rule.resize,
-                       interpolation=rule.interpolation, test=False)
+                       interpolation=rule.interpolation, test=False, storage=storage)
     carved = dataclasses.replace(carve_validation(source, val_split, limit), test=None)
     carved.training_data = training_data_record(source, carved, rule, dataset=dataset, data_dir=data_dir,
                                                 val_split=val_split, limit=limit)

@@ -4,7 +4,6 @@ uint8 :class:`~kerasalex.data.Split`."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import os
 import warnings
@@ -150,11 +149,36 @@ class FolderScan(NamedTuple):
     left_out: list[dict]
 
 
+# A folder whose decoded images take more than this stays on disk (read by
+# position from its cache); smaller ones are read into memory. Measured
+# (README, "Larger-than-memory data"): both paths train equally fast, so the
+# rule is about memory alone.
+IN_MEMORY_LIMIT_BYTES = 2**30
+STORAGES = ("auto", "memory", "disk")
+
+
+def choose_storage(storage: str, images: int, size: int) -> str:
+    """``"memory"`` or ``"disk"``: the storage a folder of ``images`` images
+    decoded at ``size`` x ``size`` gets. ``auto`` (the default): memory when
+    the decoded images take at most :data:`IN_MEMORY_LIMIT_BYTES` (1 GiB:
+    e.g. 116,000 images at 56 px, 7,100 at 224 px), disk otherwise.
+
+    Raises:
+        ValueError: an unknown ``storage``.
+    """
+    if storage not in STORAGES:
+        raise ValueError(f"data cache must be one of {', '.join(STORAGES)}. Received: {storage!r}")
+    if storage != "auto":
+        return storage
+    return "memory" if images * size * size * 3 <= IN_MEMORY_LIMIT_BYTES else "disk"
+
+
 def scan_folder(
     root: Path,
     size: int | ResizeRule,
     class_names: Sequence[str] | None = None,
-    workers: int = 4,
+    workers: int | None = None,
+    storage: str = "auto",
 ) -> FolderScan:
     """Decodes a folder with one subfolder per class into a uint8 :class:`Split`.
 
@@ -165,16 +189,28 @@ def scan_folder(
             folders must be among them (matched by name; a class may be
             absent) and labels are indices into them. None: the class folders
             found, sorted, are the classes.
+        workers: decoding processes for the first decode (default: the CPUs).
+        storage: ``auto``, ``memory`` or ``disk`` (see :func:`choose_storage`):
+            with ``disk`` the split's ``x`` is a
+            :class:`~kerasalex.data.cache.DiskImages` read from the cache by
+            position (constant memory), otherwise an in-memory array.
 
     Returns:
-        A :class:`FolderScan`. Results are cached on disk (``~/.cache/kerasalex``
-        or ``$KERASALEX_CACHE_DIR``), keyed by the files' names, sizes and
-        mtimes and every decoding option.
+        A :class:`FolderScan`. The decoded images are cached on disk
+        (``~/.cache/kerasalex/folders/<key>/`` or under
+        ``$KERASALEX_CACHE_DIR``, see :mod:`kerasalex.data.cache`), keyed by
+        the files' names, sizes and mtimes and every decoding option: a
+        changed folder gets a new cache.
 
     Raises:
         ValueError: no such folder, fewer than two classes, a class folder
             the model does not know, a class without readable images.
+        kerasalex.data.cache.CacheError: (a ValueError) with ``disk`` storage,
+            a cache that cannot be written (disk full); in any storage, a
+            folder changed while it was being decoded.
     """
+    from kerasalex.data import cache as C
+
     rule = size if isinstance(size, ResizeRule) else ResizeRule(int(size))
     root = Path(root)
     if not root.exists():
@@ -183,26 +219,40 @@ def scan_folder(
         raise ValueError(f"dataset must be a folder with one subfolder per class. Received a file: {root}")
     left_out: list[dict] = []
     class_names, found, files, labels = _class_files(root, class_names, left_out)
+    where = choose_storage(storage, len(files), rule.size)
     ids_all = [f.relative_to(root).as_posix() for f in files]
-    cache = _cache_dir() / f"{_folder_key(root, files, rule)}.npz"
-    cached = _read_cache(cache, ids_all)
-    if cached is not None:
-        split, skipped, reasons = cached
-        _warn_skipped(root, skipped, reasons)  # every run names them, not only the first
-        left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(skipped, reasons)]
-        return FolderScan(split, list(class_names), skipped, left_out)
+    key = _folder_key(root, files, rule)
+    final = _cache_dir() / key
+    opened = C.open_cache(final, len(files), say=_say)
+    if opened is None:
+        y_all = np.asarray(labels, dtype=np.int32)
+        opened, x_mem = _decode_into_cache(root, files, y_all, rule, final, key, where, workers)
+        if x_mem is not None:  # memory storage: the images just decoded
+            ok = x_mem[1]
+            x, y = x_mem[0], y_all[ok]
+            skipped = [str(f) for f, k in zip(files, ok) if not k]
+            reasons = x_mem[2]
+            _check_classes(root, found, class_names, y, reasons)
+            _warn_skipped(root, skipped, reasons)
+            left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(skipped, reasons)]
+            return FolderScan(Split(x, y, [i for i, k in zip(ids_all, ok) if k]), list(class_names), skipped, left_out)
+    _check_classes(root, found, class_names, opened.labels, opened.reasons)
+    _warn_skipped(root, opened.skipped, opened.reasons)  # every run names them, not only the first
+    left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(opened.skipped, opened.reasons)]
+    x = opened.images if where == "disk" else np.asarray(opened.images)
+    ids = [i for i, k in zip(ids_all, opened.ok) if k]
+    return FolderScan(Split(x, opened.labels, ids), list(class_names), opened.skipped, left_out)
 
-    x, ok, skipped, reasons = _decode_files(files, rule, workers)
-    y = np.asarray(labels, dtype=np.int32)
-    x, y = x[ok], y[ok]
+
+def _say(msg: str) -> None:
+    print(f"[kerasalex] {msg}", flush=True)
+
+
+def _check_classes(root: Path, found, class_names, y: np.ndarray, reasons) -> None:
     for name in found:
         if not np.any(y == list(class_names).index(name)):
             raise ValueError(f"class folder {root / name} holds no readable image (all unreadable: "
                              f"{reasons[0] if reasons else 'corrupt'})")
-    _warn_skipped(root, skipped, reasons)
-    _write_cache(cache, x, y, ok, skipped, reasons)
-    left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(skipped, reasons)]
-    return FolderScan(Split(x, y, [i for i, k in zip(ids_all, ok) if k]), list(class_names), skipped, left_out)
 
 
 def _class_files(root: Path, class_names: Sequence[str] | None, left_out: list[dict]):
@@ -235,51 +285,146 @@ def _class_files(root: Path, class_names: Sequence[str] | None, left_out: list[d
     return class_names, found, files, labels
 
 
-def _decode_files(files: Sequence[Path], rule: ResizeRule, workers: int):
-    """Decodes ``files`` on ``workers`` threads: (images, ok mask, skipped paths, their reasons)."""
-    x = np.empty((len(files), rule.size, rule.size, 3), dtype=np.uint8)
-    ok = np.ones(len(files), dtype=bool)
-    skipped: list[str] = []
+# Images per decoding task: large enough to amortise a process round trip,
+# small enough to keep a bounded number in flight.
+DECODE_CHUNK = 256
+
+
+def _decode_chunk(paths: Sequence[str], size: int, resize: str, interpolation: str):
+    """Decodes ``paths`` (a worker process's task): (uint8 images, ok mask, reasons)."""
+    x = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    ok = np.ones(len(paths), dtype=bool)
     reasons: list[str] = []
-
-    def work(i: int):
+    for i, p in enumerate(paths):
         try:
-            x[i] = decode_image(files[i], rule.size, rule.resize, rule.interpolation)
-            return None
+            x[i] = decode_image(p, size, resize, interpolation)
         except ValueError as exc:
-            return i, str(exc)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for res in pool.map(work, range(len(files))):
-            if res is not None:
-                ok[res[0]] = False
-                skipped.append(str(files[res[0]]))
-                reasons.append(res[1])
-    return x, ok, skipped, reasons
+            ok[i] = False
+            reasons.append(str(exc))
+    return x, ok, reasons
 
 
-def _read_cache(cache: Path, ids_all: Sequence[str]):
-    """(split, skipped, reasons) from a folder's decode cache; None when there
-    is none or it is damaged or older (it is then rebuilt)."""
-    if not cache.is_file():
-        return None
+def decode_workers(workers: int | None = None) -> int:
+    """Processes for a first decode: ``workers`` or the CPUs this process may use."""
+    if workers:
+        return max(1, int(workers))
     try:
-        with np.load(cache, allow_pickle=False) as z:
-            ok = z["ok"]
-            split = Split(z["x"], z["y"], [i for i, k in zip(ids_all, ok) if k])
-            return split, [str(s) for s in z["skipped"]], [str(s) for s in z["reasons"]]
-    except Exception:
-        return None
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
-def _write_cache(cache: Path, x, y, ok, skipped, reasons) -> None:
+def decode_files(files: Sequence[Path], rule: ResizeRule, workers: int | None = None, progress: bool = False):
+    """Decodes ``files`` in order, in chunks of :data:`DECODE_CHUNK` spread
+    over ``workers`` processes (Pillow's decoding holds Python's GIL for
+    much of its work, so threads use one core; processes use them all).
+    At most ``2 x workers`` chunks are in flight: memory stays bounded.
+
+    Yields:
+        (start, images uint8 (k, size, size, 3), ok bool (k,), reasons of the failed ones).
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    n = len(files)
+    workers = decode_workers(workers)
+    bar = _progress(n) if progress else None
+    chunks = [(i, [str(f) for f in files[i : i + DECODE_CHUNK]]) for i in range(0, n, DECODE_CHUNK)]
+    args = (rule.size, rule.resize, rule.interpolation)
+    if workers == 1 or len(chunks) == 1:
+        for start, paths in chunks:
+            x, ok, reasons = _decode_chunk(paths, *args)
+            if bar is not None:
+                bar.add(len(paths))
+            yield start, x, ok, reasons
+        return
+    # spawn: a forked child of a process running TensorFlow's threads can deadlock
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending: list = []
+        it = iter(chunks)
+        for start, paths in it:
+            pending.append((start, pool.submit(_decode_chunk, paths, *args)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            start, fut = pending.pop(0)
+            x, ok, reasons = fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt[0], pool.submit(_decode_chunk, nxt[1], *args)))
+            if bar is not None:
+                bar.add(len(ok))
+            yield start, x, ok, reasons
+
+
+def _progress(n: int):
+    import sys
+
+    import keras
+
+    print(f"[kerasalex] decoding {n} images into the cache (once per folder, size and decoding options)", flush=True)
+    return keras.utils.Progbar(n, unit_name="image", interval=0.5 if sys.stdout.isatty() else 30.0)
+
+
+def _decode_into_cache(root: Path, files: Sequence[Path], y_all: np.ndarray, rule: ResizeRule, final: Path,
+                       key: str, where: str, workers: int | None):
+    """The first decode of a folder, written to its cache as it goes.
+
+    Returns ``(opened cache or None, in memory or None)``: with memory
+    storage the decoded ``(images, ok, reasons)`` (the cache is then an
+    optimisation: None when it could not be written, e.g. a full disk);
+    with disk storage ``(opened cache, None)``.
+    """
+    from kerasalex.data import cache as C
+    from kerasalex.data.splits import fingerprint
+
+    n = len(files)
+    record = rule.size * rule.size * 3
+    writer = None
     try:
-        from kerasalex.files import atomic_path
-
-        with atomic_path(cache, suffix=".npz") as tmp:
-            np.savez(tmp, x=x, y=y, ok=ok, skipped=np.asarray(skipped, dtype=str), reasons=np.asarray(reasons, dtype=str))
-    except OSError:
-        pass  # the cache is an optimisation only
+        C.check_space(final.parent, n * record)
+        writer = C.Writer(final, (rule.size, rule.size, 3), n)
+    except (C.CacheError, OSError) as exc:
+        if where == "disk":
+            raise exc if isinstance(exc, C.CacheError) else C.CacheError(f"cannot write the decoded-image cache in {final.parent}: {exc}") from None
+    x_mem = np.empty((n, rule.size, rule.size, 3), np.uint8) if where == "memory" else None
+    ok_all = np.ones(n, dtype=bool)
+    reasons_all: list[str] = []
+    try:
+        for start, x, ok, reasons in decode_files(files, rule, workers, progress=n >= 2000):
+            ok_all[start : start + len(ok)] = ok
+            reasons_all += reasons
+            if x_mem is not None:
+                x_mem[start : start + len(ok)] = x
+            if writer is not None:
+                try:
+                    writer.add(x[ok], y_all[start : start + len(ok)][ok])
+                except C.CacheError:
+                    writer = None  # removed by the writer itself
+                    if where == "disk":
+                        raise
+        if _folder_key(root, files, rule) != key:
+            raise C.CacheError(f"the folder {root} changed while it was being decoded; run the command again")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    skipped = [str(f) for f, k in zip(files, ok_all) if not k]
+    if writer is not None:
+        y = y_all[ok_all]
+        if x_mem is not None:
+            kept = x_mem[ok_all]
+            fp = lambda _images: fingerprint(Split(kept, y))  # noqa: E731
+        else:
+            fp = lambda images: fingerprint(Split(images, y))  # noqa: E731
+        try:
+            opened = writer.commit(ok_all, skipped, reasons_all, fp)
+            return opened, ((kept, ok_all, reasons_all) if x_mem is not None else None)
+        except C.CacheError:
+            if where == "disk":
+                raise
+    return None, (x_mem[ok_all], ok_all, reasons_all)
 
 
 def folder_layout(root: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -307,12 +452,13 @@ def has_test_split(dataset: str) -> bool:
 
 
 def load_folder(root: str | os.PathLike, size: int | ResizeRule, test: bool = True,
-                class_names: Sequence[str] | None = None) -> ImageData:
+                class_names: Sequence[str] | None = None, storage: str = "auto") -> ImageData:
     """An image folder: ``root/train/<class>/`` and ``root/test/<class>/`` when
     ``train/`` exists; otherwise ``root/<class>/`` is the training data (and
     also what ``evaluate --split test`` uses as its test data).
 
     Args:
+        storage: ``auto``, ``memory`` or ``disk`` (see :func:`scan_folder`).
         test: read ``root/test/`` too. Training passes False: it never reads
             the test split, so a ``test/`` lacking a class is no concern of its.
         class_names: the model's classes (evaluation): ``test/`` is matched to
@@ -322,13 +468,13 @@ def load_folder(root: str | os.PathLike, size: int | ResizeRule, test: bool = Tr
     if not root.exists():
         raise ValueError(f"dataset folder not found: {root}")
     train_root, test_root = folder_layout(root)
-    train_scan = scan_folder(train_root, size, class_names=class_names)
+    train_scan = scan_folder(train_root, size, class_names=class_names, storage=storage)
     names, skipped, left_out = train_scan.class_names, list(train_scan.skipped), list(train_scan.left_out)
     test_split = None
     if test_root == train_root:
         test_split = train_scan.split
     elif test_root is not None and test:
-        t = scan_folder(test_root, size, class_names=names)
+        t = scan_folder(test_root, size, class_names=names, storage=storage)
         test_split = t.split
         skipped += t.skipped
         left_out += t.left_out

@@ -74,18 +74,41 @@ def train_stream(
     return ds.prefetch(tf.data.AUTOTUNE), steps
 
 
+def _in_order(x, batch_size: int):
+    """Batches of ``x`` in order: a slice dataset of an in-memory array, or
+    reads of ``batch_size`` images at a time from images on disk."""
+    import tensorflow as tf
+
+    if isinstance(x, np.ndarray):
+        return tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+    n = len(x)
+
+    def batches():
+        for i in range(0, n, batch_size):
+            yield x[i : i + batch_size]
+
+    ds = tf.data.Dataset.from_generator(batches, output_signature=tf.TensorSpec((None, *x.shape[1:]), tf.uint8))
+    # a known length, as a slice dataset has (Keras's validation loop reads it to the end without a warning)
+    return ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch(n, batch_size) if n else 0))
+
+
 def eval_dataset(split: Split, batch_size: int, num_classes: int | None = None, one_hot: bool = True):
     """Batches of (uint8 images, labels) in order, for validation and evaluation."""
     import tensorflow as tf
 
-    y = split.y
-    ds = tf.data.Dataset.from_tensor_slices((split.x, y)).batch(batch_size)
+    y = tf.data.Dataset.from_tensor_slices(split.y).batch(batch_size)
+    ds = tf.data.Dataset.zip((_in_order(split.x, batch_size), y))
     if one_hot and num_classes:
         ds = ds.map(lambda a, b: (a, tf.one_hot(b, num_classes, dtype=tf.float32)))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def images_only(x: np.ndarray, batch_size: int):
+def images_only(x, batch_size: int, flip: bool = False):
+    """Batches of uint8 images ``x`` (an array or images on disk) in order;
+    ``flip``: each mirrored left-right (``x[:, :, ::-1]``), for flip TTA."""
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = _in_order(x, batch_size)
+    if flip:
+        ds = ds.map(lambda a: tf.reverse(a, axis=[2]))
+    return ds.prefetch(tf.data.AUTOTUNE)

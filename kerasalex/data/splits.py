@@ -16,7 +16,11 @@ SPLIT_SEED = 1234
 @dataclasses.dataclass
 class Split:
     """One split: uint8 images (N, H, W, 3), int32 labels (N,) and, for an
-    image folder, each image's path relative to the folder (``ids``)."""
+    image folder, each image's path relative to the folder (``ids``).
+
+    ``x`` is a numpy array, or for a folder kept on disk a
+    :class:`~kerasalex.data.cache.DiskImages` (indexed like one, read by
+    position)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -28,7 +32,8 @@ class Split:
     def take(self, idx) -> "Split":
         """The images at ``idx`` (an index array), ids included."""
         idx = np.asarray(idx, dtype=np.int64)
-        return Split(self.x[idx], self.y[idx], [self.ids[i] for i in idx] if self.ids is not None else None)
+        x = self.x.subset(idx) if hasattr(self.x, "subset") else self.x[idx]  # images on disk: a view
+        return Split(x, self.y[idx], [self.ids[i] for i in idx] if self.ids is not None else None)
 
 
 @dataclasses.dataclass
@@ -62,9 +67,17 @@ def fingerprint(split: Split) -> str:
     """sha1 of a split's labels and decoded pixels: equal for the same images
     in the same order decoded by the same rule (what a model records about
     the data it was trained on)."""
+    x = split.x
+    stored = getattr(x, "stored_fingerprint", None)
+    if stored is not None and len(split.y) == len(x):
+        return stored  # the whole cache in order: computed by this function when it was written
     h = hashlib.sha1(np.ascontiguousarray(split.y, dtype=np.int32).tobytes())
-    h.update(str(split.x.shape).encode())
-    h.update(np.ascontiguousarray(split.x).data)
+    h.update(str(tuple(int(d) for d in x.shape)).encode())
+    if hasattr(x, "chunks"):  # images on disk: read in bounded chunks
+        for chunk in x.chunks(4096):
+            h.update(chunk.data)
+    else:
+        h.update(np.ascontiguousarray(x).data)
     return h.hexdigest()
 
 

@@ -46,6 +46,7 @@ NOT_SEARCHABLE = frozenset({
     "arch", "recipe", "dataset", "data_dir", "val_split", "limit", "image_size", "resize", "epochs", "seed",
     "precision", "jit_compile", "steps_per_execution", "deterministic", "distribute", "run_dir", "output",
     "save_dir", "save_best", "weights", "base_weights", "unfreeze_from", "min_steps", "short_run_dropout",
+    "data_cache",
 })
 
 
