@@ -170,8 +170,11 @@ def prepare_data(config: TrainConfig):
     rule = resize_rule(config)
     if rule.size < arch.min_image_size:
         raise ValueError(f"--image-size {rule.size} is too small for {config.arch} (at least {arch.min_image_size})")
+    # Under multi-worker, a folder stays on disk unless --data-cache memory:
+    # each worker then reads only its share of every batch (data.sharded_streams).
+    storage = "disk" if config.distribute == "multi-worker" and config.data_cache == "auto" else config.data_cache
     return D.prepare(config.dataset, rule, data_dir=config.data_dir, val_split=config.val_split, limit=config.limit,
-                     storage=config.data_cache)
+                     storage=storage)
 
 
 def build_training_model(config: TrainConfig, data, seed: int | None = None):
@@ -235,6 +238,8 @@ def fit_standard(model, config: TrainConfig, data, callbacks, verbose, initial_e
 
     if initial_epoch >= config.epochs:
         return model
+    if config.distribute == "multi-worker":
+        return _fit_multi_worker(model, config, data, callbacks, verbose, initial_epoch)
     ds, steps = train_stream(data.train, config.batch_size, data.num_classes, config.seed, initial_epoch, config.epochs)
     val = eval_dataset(data.val, config.batch_size, data.num_classes) if data.val is not None else None
     if config.distribute != "none":
@@ -245,6 +250,31 @@ def fit_standard(model, config: TrainConfig, data, callbacks, verbose, initial_e
         prepare_model(model, ds.element_spec)
     model.fit(ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
               validation_data=val, callbacks=callbacks, verbose=verbose, shuffle=False)
+    return model
+
+
+def _fit_multi_worker(model, config: TrainConfig, data, callbacks, verbose, initial_epoch: int):
+    """``fit`` under MultiWorkerMirroredStrategy, each worker gathering only
+    its replicas' part of every global batch (:func:`kerasalex.data.sharded_streams`);
+    says how many images this worker read."""
+    import tensorflow as tf
+
+    from kerasalex.data import sharded_streams
+    from kerasalex.distribute import prepare_model
+
+    ds, val, steps, counts = sharded_streams(model.distribute_strategy, data.train, config.batch_size,
+                                             data.num_classes, config.seed, initial_epoch, config.epochs, val=data.val)
+    spec = (tf.TensorSpec((None, *data.image_shape), tf.uint8), tf.TensorSpec((None, data.num_classes), tf.float32))
+    prepare_model(model, spec)
+    read_before = getattr(data.train.x, "images_read", None)
+    model.fit(ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+              validation_data=val, callbacks=callbacks, verbose=verbose, shuffle=False)
+    epochs = config.epochs - initial_epoch
+    n_val = len(data.val) if data.val is not None else 0
+    read = (f"; {data.train.x.images_read - read_before} images read from the decode cache"
+            if read_before is not None else "")
+    _say(f"this worker gathered {counts['train']} training images over {epochs} epoch(s) of {len(data.train)} "
+         f"and {counts['val']} validation images over as many validation passes of {n_val}{read}")
     return model
 
 

@@ -286,22 +286,44 @@ def test_mirrored_default_recipe_trains_and_saves_once(tmp_path):
     assert len(_weights(tmp_path / "saved_models" / "m.keras")) == 6
 
 
-def test_multi_worker_two_processes(tmp_path):
+def _image_folder(root: Path, classes: int = 10, per_class: int = 20) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("source", ["digits", "folder"])
+def test_multi_worker_two_processes(tmp_path, source):
     """Two workers on 127.0.0.1: both finish, only the chief writes the run
     folder and the model, the workers end with the same weights, and the
-    non-chief's scratch folder is gone."""
+    non-chief's scratch folder is gone. Each worker gathers only its half of
+    every batch; from an image folder (kept on disk by default under
+    multi-worker) it also reads only that half from the decode cache."""
+    import re
+
     import numpy as np
 
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
     dump = tmp_path / "dump"
     args = TRAIN + ["--distribute", "multi-worker", "--augment", "--dropout", "0.5", "--run-dir", "runs/mw",
                     "--output", "saved_models/mw.keras"]
+    if source == "folder":
+        args[args.index("digits")] = str(_image_folder(tmp_path / "images"))
+        args.remove("--limit")
+        args.remove("200")
     procs, logs = [], []
     t0 = time.perf_counter()
     try:
         for index in range(2):
             tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            env = _env(tmp_path, TF_CONFIG=tf_config, KERASALEX_WORKER_DUMP=str(dump))
+            env = _env(tmp_path, TF_CONFIG=tf_config, KERASALEX_WORKER_DUMP=str(dump),
+                       KERASALEX_CACHE_DIR=str(tmp_path / "cache"))
             log = open(tmp_path / f"worker{index}.log", "w")
             logs.append(log)
             procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, *map(str, args)], cwd=tmp_path, env=env,
@@ -321,6 +343,21 @@ def test_multi_worker_two_processes(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in out)
     print(f"\nmulti-worker: 2 workers x 2 epochs of 200 digits in {seconds:.1f}s (wall, both processes)")
     assert all("CollectiveAllReduceStrategy: 2 replica(s) in sync on 2 worker(s)" in o for o in out)
+    # Each worker gathers its 15 of every global batch of 30 (both epochs)
+    # and its half of each validation batch; the two halves make the whole.
+    pattern = (r"this worker gathered (\d+) training images over 2 epoch\(s\) of (\d+) and (\d+) validation images "
+               r"over as many validation passes of (\d+)(?:; (\d+) images read from the decode cache)?")
+    found = [re.search(pattern, o) for o in out]
+    assert all(found), "\n\n".join(o[-3000:] for o in out)
+    n_train, n_val = int(found[0].group(2)), int(found[0].group(4))
+    assert (n_train, n_val) == ((200, 23) if source == "digits" else (180, 20))
+    assert [int(m.group(1)) for m in found] == [n_train, n_train]  # 2 epochs x half of each batch
+    assert sum(int(m.group(3)) for m in found) == 2 * n_val
+    for m in found:
+        if source == "folder":  # read from disk: its part of the batches and of the validation passes, no more
+            assert int(m.group(5)) == int(m.group(1)) + int(m.group(3))
+        else:
+            assert m.group(5) is None
 
     # The chief's outputs, once.
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mw"]

@@ -68,7 +68,16 @@ from kerasalex.data.named import (
     load_cifar_python,
     load_digits_rgb,
 )
-from kerasalex.data.pipeline import epoch_batches, epoch_order, eval_dataset, images_only, steps_per_epoch, train_stream
+from kerasalex.data.pipeline import (
+    epoch_batches,
+    epoch_order,
+    eval_dataset,
+    images_only,
+    replica_parts,
+    sharded_streams,
+    steps_per_epoch,
+    train_stream,
+)
 from kerasalex.data.splits import SPLIT_SEED, ImageData, Split, carve_validation, fingerprint, stratified_sample
 __all__ = [
     "ALPHA_BACKGROUND",
@@ -106,11 +115,13 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "NAMED_DATASETS",
     "prepare",
+    "replica_parts",
     "resize_array",
     "resize_image",
     "RESIZE_MODES",
     "ResizeRule",
     "scan_folder",
+    "sharded_streams",
     "Split",
     "SPLIT_SEED",
     "steps_per_epoch",

@@ -92,6 +92,72 @@ def _in_order(x, batch_size: int):
     return ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch(n, batch_size) if n else 0))
 
 
+def replica_parts(idx: np.ndarray, num_replicas: int) -> list[np.ndarray]:
+    """A global batch's indices split into ``num_replicas`` contiguous parts
+    (sizes differ by at most one). A batch smaller than the replicas (the
+    last of an epoch, at most) is first repeated until each gets one image,
+    as ``torch.utils.data.DistributedSampler`` pads."""
+    idx = np.asarray(idx)
+    if 0 < len(idx) < num_replicas:
+        idx = np.resize(idx, num_replicas)
+    return np.array_split(idx, num_replicas)
+
+
+def sharded_streams(strategy, split: Split, batch_size: int, num_classes: int, seed: int, start_epoch: int,
+                    epochs: int, val: Split | None = None, one_hot: bool = True):
+    """Training (and validation) batches for a multi-worker strategy, each
+    worker reading only its own part of the data.
+
+    The global batches are those of :func:`train_stream` (the same (seed,
+    epoch) order on every worker, so ``--resume`` stays exact); each is split
+    into one part per replica (:func:`replica_parts`) and each worker's input
+    pipeline (``tf.distribute.InputContext``) gathers its replicas' parts
+    only, through ``strategy.distribute_datasets_from_function``: with images
+    on disk (:class:`~kerasalex.data.cache.DiskImages`) a worker reads 1/workers
+    of the images per epoch. Validation batches are split the same way, in order.
+
+    Returns:
+        (train, val or None, steps_per_epoch, counts): ``train`` and ``val``
+        are ``tf.distribute`` distributed datasets for ``fit``; ``counts``
+        holds the images this worker has gathered so far (``train``, ``val``).
+    """
+    import tensorflow as tf
+
+    steps = steps_per_epoch(len(split), batch_size)
+    eye = np.eye(num_classes, dtype=np.float32)
+    counts = {"train": 0, "val": 0}
+    label_spec = tf.TensorSpec((None, num_classes), tf.float32) if one_hot else tf.TensorSpec((None,), tf.int32)
+
+    def make(which: Split, global_batches, kind: str):
+        def fn(ctx):
+            replicas = ctx.num_replicas_in_sync
+            local = max(1, replicas // ctx.num_input_pipelines)
+            first = ctx.input_pipeline_id * local
+
+            def batches():
+                for idx in global_batches():
+                    parts = replica_parts(idx, replicas)
+                    for r in range(first, first + local):
+                        part = parts[r]
+                        counts[kind] += len(part)
+                        yield which.x[part], (eye[which.y[part]] if one_hot else which.y[part])
+
+            ds = tf.data.Dataset.from_generator(
+                batches, output_signature=(tf.TensorSpec((None, *which.x.shape[1:]), tf.uint8), label_spec))
+            if kind == "val":
+                ds = ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch(len(which), batch_size) * local))
+            return ds.prefetch(tf.data.AUTOTUNE)
+
+        return strategy.distribute_datasets_from_function(fn)
+
+    train = make(split, lambda: epoch_batches(len(split), batch_size, seed, start_epoch, epochs), "train")
+    val_ds = None
+    if val is not None:
+        n = len(val)
+        val_ds = make(val, lambda: (np.arange(i, min(n, i + batch_size)) for i in range(0, n, batch_size)), "val")
+    return train, val_ds, steps, counts
+
+
 def eval_dataset(split: Split, batch_size: int, num_classes: int | None = None, one_hot: bool = True):
     """Batches of (uint8 images, labels) in order, for validation and evaluation."""
     import tensorflow as tf
