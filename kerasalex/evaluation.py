@@ -288,6 +288,27 @@ def _write_evaluation(out: Path, result: dict, report_txt: str, cm, model_path: 
     result["output_dir"] = str(out)
 
 
+# predict: this many image files or more go through the decode cache (decoded
+# in parallel once, read back at constant memory; see kerasalex.data.cache),
+# fewer are decoded in this process; --plot shows the first PLOT_MAX.
+PREDICT_CACHE_MIN = 1000
+PLOT_MAX = 64
+
+
+def _decode_many(paths, rule):
+    """(images, kept paths, skipped) for many files, through the decode cache."""
+    import os
+
+    from kerasalex.data.folders import decode_cached
+
+    files = [Path(p).resolve() for p in paths]
+    root = Path(os.path.commonpath([str(f.parent) for f in files]))
+    x, _, ok, _, reasons = decode_cached(root, files, np.zeros(len(files), np.int32), rule)
+    kept = [p for p, k in zip(paths, ok) if k]
+    skipped = [{"image": str(p), "reason": r} for p, r in zip([p for p, k in zip(paths, ok) if not k], reasons)]
+    return x, kept, skipped
+
+
 # predict's exit status when some image files could not be read (the others were predicted).
 EXIT_SOME_SKIPPED = 3
 
@@ -343,25 +364,32 @@ def predict(
         rule = ResizeRule(rule.size, resize, rule.interpolation)
     left_out: list[dict] = []
     paths = iter_image_paths(images, left_out)
-    decoded, kept, skipped = [], [], []
-    for p in paths:
-        try:
-            decoded.append(decode_image(p, rule.size, rule.resize, rule.interpolation))
-            kept.append(p)
-        except ValueError as exc:
-            skipped.append({"image": str(p), "reason": str(exc)})
+    if len(paths) >= PREDICT_CACHE_MIN:
+        x, kept, skipped = _decode_many(paths, rule)
+    else:
+        decoded, kept, skipped = [], [], []
+        for p in paths:
+            try:
+                decoded.append(decode_image(p, rule.size, rule.resize, rule.interpolation))
+                kept.append(p)
+            except ValueError as exc:
+                skipped.append({"image": str(p), "reason": str(exc)})
+        x = np.stack(decoded) if decoded else None
     if not kept:
         shown = "; ".join(s["reason"] for s in skipped[:5]) + (f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else "")
         raise ValueError(f"none of the {len(paths)} image file(s) could be read: {shown}")
-    x = np.stack(decoded)
-    probs = artifact.predict(x) if artifact is not None else softmax(predict_logits(model, x))
+    if artifact is not None:
+        probs = np.concatenate([artifact.predict(c) for c in (x.chunks() if hasattr(x, "chunks") else [x])])
+    else:
+        probs = softmax(predict_logits(model, x))
     k = min(top_k, len(names))
     out = []
     for p, row in zip(kept, probs):
         top = np.argsort(-row)[:k]
         out.append({"image": str(p), "top": [{"class": names[i], "probability": float(row[i])} for i in top]})
-    if plot:
-        pred = probs.argmax(1)
-        plot_prediction_grid(x, pred, probs[np.arange(len(pred)), pred], names, plot,
-                             titles=[Path(p).name for p in kept], cols=min(4, len(kept)))
+    if plot:  # the first PLOT_MAX images
+        n = min(len(kept), PLOT_MAX)
+        pred = probs[:n].argmax(1)
+        plot_prediction_grid(x[:n], pred, probs[np.arange(n), pred], names, plot,
+                             titles=[Path(p).name for p in kept[:n]], cols=min(4, n))
     return {"predictions": out, "skipped": skipped, "left_out": left_out, "preprocessing": rule.to_dict()}

@@ -256,3 +256,12 @@ def test_cli_train_and_evaluate_from_disk_match_memory(tmp_path, monkeypatch):
     m, d = results["memory"], results["disk"]
     assert m["test_accuracy"] == d["test_accuracy"] and m["confusion_matrix"] == d["confusion_matrix"]
     assert abs(m["test_loss"] - d["test_loss"]) < 1e-6
+
+
+def test_replica_parts_split_every_batch_and_pad_only_a_tiny_last_one():
+    parts = D.replica_parts(np.arange(30), 2)
+    assert [p.tolist() for p in parts] == [list(range(15)), list(range(15, 30))]
+    parts = D.replica_parts(np.arange(7), 3)  # sizes differ by at most one, nothing lost or repeated
+    assert [len(p) for p in parts] == [3, 2, 2] and np.concatenate(parts).tolist() == list(range(7))
+    parts = D.replica_parts(np.array([5]), 2)  # fewer images than replicas: repeated, as DistributedSampler pads
+    assert [p.tolist() for p in parts] == [[5], [5]]

@@ -241,3 +241,30 @@ def test_probabilities_and_loss_are_the_libraries_figures():
     np.testing.assert_allclose(probs, want, rtol=1e-6, atol=1e-12)
     y = np.array([2, 0, 1])
     assert log_loss(y, probs, 3) == pytest.approx(float(-np.mean(np.log(want[np.arange(3), y]))), rel=1e-6)
+
+
+def test_predict_many_files_reads_them_through_the_decode_cache(work, monkeypatch):
+    """From PREDICT_CACHE_MIN files on, predict decodes through the decode
+    cache (in parallel, once; constant memory): the same predictions and the
+    same skipped file as the direct path, and a second call reuses the cache."""
+    import kerasalex.evaluation as E
+
+    cwd, _ = work
+    imgs = cwd / "many"
+    make_folder(imgs, ["x", "y"], 3, seed=5)
+    (imgs / "y" / "bad.png").write_text("not a png")
+    direct = E.predict(cwd / "saved_models" / "split.keras", [str(imgs)])
+    monkeypatch.setattr(E, "PREDICT_CACHE_MIN", 2)
+    before = set((cwd / "cache" / "folders").iterdir())
+    cached = E.predict(cwd / "saved_models" / "split.keras", [str(imgs)], plot=str(cwd / "many.png"))
+    made = set((cwd / "cache" / "folders").iterdir()) - before
+    assert len(made) == 1 and (made.pop() / "manifest.json").is_file()
+    assert [p["image"] for p in cached["predictions"]] == [p["image"] for p in direct["predictions"]]
+    for a, b in zip(direct["predictions"], cached["predictions"]):
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        assert [t["probability"] for t in a["top"]] == pytest.approx([t["probability"] for t in b["top"]], abs=1e-6)
+    assert [s["image"] for s in cached["skipped"]] == [s["image"] for s in direct["skipped"]] == [str(imgs / "y" / "bad.png")]
+    assert (cwd / "many.png").is_file()
+    again = E.predict(cwd / "saved_models" / "split.keras", [str(imgs)])  # read back, not decoded again
+    assert again["predictions"] == cached["predictions"]
+    assert len(set((cwd / "cache" / "folders").iterdir()) - before) == 1

@@ -89,7 +89,8 @@ def evaluate(model, dataset, data_dir, batch_size, limit, output_dir, split, val
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--plot", type=click.Path(), default=None, help="Write a figure of the images titled with their predictions.")
+@click.option("--plot", type=click.Path(), default=None,
+              help="Write a figure of the images (the first 64) titled with their predictions.")
 @click.option("--resize", type=click.Choice(["squash", "crop"]), default=None,
               help="squash the whole image to the model's square, or crop its centre after scaling the shorter side "
                    "[the rule the model was trained with].")

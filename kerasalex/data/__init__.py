@@ -2,9 +2,11 @@
 
 Images stay uint8 on the host (N, H, W, 3) for their whole life; conversion
 to float, resizing and normalization happen inside the model. Training
-batches are drawn by index from the in-memory array: each epoch's order is a
-stateless shuffle of (seed, epoch), so a resumed run sees exactly the batches
-an uninterrupted run would have seen.
+batches are drawn by index from the in-memory array, or, for a folder too
+large for memory, read by position from its decode cache on disk
+(:mod:`~kerasalex.data.cache`): each epoch's order is a stateless shuffle of
+(seed, epoch), so a resumed run sees exactly the batches an uninterrupted
+run would have seen.
 
 Every image file, whichever command reads it, is decoded by one rule
 (:func:`decode_image`: EXIF orientation, fixed bit-depth mapping, ICC to sRGB,
@@ -20,7 +22,9 @@ The package, by concern (every name is importable from ``kerasalex.data``):
 * :mod:`~kerasalex.data.decoding`: :func:`decode_image`, :class:`ResizeRule`;
 * :mod:`~kerasalex.data.named`: cifar10, cifar100, digits;
 * :mod:`~kerasalex.data.folders`: image folders (:func:`folder_layout`,
-  :func:`scan_folder`);
+  :func:`scan_folder`, the parallel first decode, the memory/disk rule);
+* :mod:`~kerasalex.data.cache`: the decode cache on disk and
+  :class:`~kerasalex.data.cache.DiskImages` (images read by position);
 * :mod:`~kerasalex.data.pipeline`: tf.data streams, :func:`steps_per_epoch`;
 * here: :func:`load_data` (a dataset by name or path) and :func:`prepare`
   (a run's training data: the one path for train, transfer and tune).

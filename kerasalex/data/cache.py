@@ -13,13 +13,14 @@ under ``$KERASALEX_CACHE_DIR``)::
     crc32.npy              uint32 (N,) each record's CRC-32
     images-00000.bin ...   the records: H*W*3 uint8 bytes each, in file order
 
-Why raw records read with ``os.preadv`` (measured, README "Larger-than-memory
-data"): a training batch is a random gather of (seed, epoch)-ordered
-indices, which TFRecord shards (sequential reads, shuffle buffers) cannot
-replay exactly; a ``np.memmap`` gathers as fast but every page it touches
+Why raw records read with ``os.preadv``: a training batch is a random gather
+of (seed, epoch)-ordered indices, which TFRecord shards (sequential reads
+through a shuffle buffer) cannot replay exactly, so ``--resume`` would no
+longer be exact; a ``np.memmap`` gathers them too, but every page it touches
 is counted in the process's resident memory (RSS), which then grows with the
-data; ``pread`` goes through the page cache, which the kernel reclaims, so
-the process holds only the batches in flight.
+data (measured by ``benchmarks/bench_data_scale.py``, part 5); ``pread``
+copies through the page cache, which the kernel reclaims, so the process
+holds only the batches in flight.
 
 Every record is checked against its CRC-32 when read: a damaged shard gives a
 one-line :class:`CacheError` (and the cache is removed, so the next run
@@ -47,6 +48,8 @@ FORMAT_VERSION = 1
 # Records per shard file: at most ~256 MiB each whatever the image size.
 SHARD_BYTES = 256 * 1024 * 1024
 MANIFEST = "manifest.json"
+# In-order reads (fingerprints, evaluation, np.asarray) go this many bytes at a time.
+CHUNK_BYTES = 16 * 2**20
 
 
 class CacheError(ValueError):
@@ -205,16 +208,18 @@ class DiskImages:
         idx = np.asarray(idx, dtype=np.int64)
         return DiskImages(self._shards, self._positions(idx))
 
-    def chunks(self, size: int = 1024) -> Iterator[np.ndarray]:
-        """The images in order, ``size`` at a time (constant memory)."""
+    def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
+        """The images in order, ``size`` at a time (default: 16 MiB of images),
+        at constant memory."""
+        size = size or max(1, CHUNK_BYTES // self._shards.record)
         for i in range(0, len(self), size):
             yield self[i : i + size]
 
     def __array__(self, dtype=None, copy=None):
         out = np.empty(self.shape, np.uint8)
-        for i in range(0, len(self), 4096):
-            j = min(len(self), i + 4096)
-            out[i:j] = self[i:j]
+        step = max(1, CHUNK_BYTES // self._shards.record)
+        for i in range(0, len(self), step):
+            out[i : i + step] = self[i : i + step]
         return out if dtype is None else out.astype(dtype)
 
     def __repr__(self) -> str:

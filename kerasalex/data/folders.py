@@ -219,8 +219,34 @@ def scan_folder(
         raise ValueError(f"dataset must be a folder with one subfolder per class. Received a file: {root}")
     left_out: list[dict] = []
     class_names, found, files, labels = _class_files(root, class_names, left_out)
-    where = choose_storage(storage, len(files), rule.size)
     ids_all = [f.relative_to(root).as_posix() for f in files]
+    x, y, ok, skipped, reasons = decode_cached(root, files, labels, rule, storage, workers)
+    _check_classes(root, found, class_names, y, reasons)
+    _warn_skipped(root, skipped, reasons)  # every run names them, not only the first
+    left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(skipped, reasons)]
+    ids = [i for i, k in zip(ids_all, ok) if k]
+    return FolderScan(Split(x, y, ids), list(class_names), skipped, left_out)
+
+
+def decode_cached(root: Path, files: Sequence[Path], labels: Sequence[int], rule: ResizeRule,
+                  storage: str = "auto", workers: int | None = None):
+    """``files`` (under ``root``) decoded by ``rule`` through the decode
+    cache: read back when it holds them, else decoded (in parallel) and
+    written to it. The cache is keyed by ``root``, the files' names, sizes
+    and mtimes and every decoding option.
+
+    Returns:
+        ``(images, labels, ok, skipped, reasons)``: the decoded images (an
+        array, or :class:`~kerasalex.data.cache.DiskImages` when ``storage``
+        resolves to disk, see :func:`choose_storage`), their int32 labels,
+        which of ``files`` were decoded, the unreadable ones and why.
+
+    Raises:
+        kerasalex.data.cache.CacheError: see :func:`scan_folder`.
+    """
+    from kerasalex.data import cache as C
+
+    where = choose_storage(storage, len(files), rule.size)
     key = _folder_key(root, files, rule)
     final = _cache_dir() / key
     opened = C.open_cache(final, len(files), say=_say)
@@ -228,20 +254,10 @@ def scan_folder(
         y_all = np.asarray(labels, dtype=np.int32)
         opened, x_mem = _decode_into_cache(root, files, y_all, rule, final, key, where, workers)
         if x_mem is not None:  # memory storage: the images just decoded
-            ok = x_mem[1]
-            x, y = x_mem[0], y_all[ok]
-            skipped = [str(f) for f, k in zip(files, ok) if not k]
-            reasons = x_mem[2]
-            _check_classes(root, found, class_names, y, reasons)
-            _warn_skipped(root, skipped, reasons)
-            left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(skipped, reasons)]
-            return FolderScan(Split(x, y, [i for i, k in zip(ids_all, ok) if k]), list(class_names), skipped, left_out)
-    _check_classes(root, found, class_names, opened.labels, opened.reasons)
-    _warn_skipped(root, opened.skipped, opened.reasons)  # every run names them, not only the first
-    left_out += [{"path": s, "reason": "unreadable: " + r} for s, r in zip(opened.skipped, opened.reasons)]
+            x, ok, reasons = x_mem
+            return x, y_all[ok], ok, [str(f) for f, k in zip(files, ok) if not k], reasons
     x = opened.images if where == "disk" else np.asarray(opened.images)
-    ids = [i for i, k in zip(ids_all, opened.ok) if k]
-    return FolderScan(Split(x, opened.labels, ids), list(class_names), opened.skipped, left_out)
+    return x, opened.labels, opened.ok, opened.skipped, opened.reasons
 
 
 def _say(msg: str) -> None:

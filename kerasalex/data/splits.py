@@ -74,7 +74,7 @@ def fingerprint(split: Split) -> str:
     h = hashlib.sha1(np.ascontiguousarray(split.y, dtype=np.int32).tobytes())
     h.update(str(tuple(int(d) for d in x.shape)).encode())
     if hasattr(x, "chunks"):  # images on disk: read in bounded chunks
-        for chunk in x.chunks(4096):
+        for chunk in x.chunks():
             h.update(chunk.data)
     else:
         h.update(np.ascontiguousarray(x).data)
