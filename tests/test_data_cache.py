@@ -265,3 +265,30 @@ def test_replica_parts_split_every_batch_and_pad_only_a_tiny_last_one():
     assert [len(p) for p in parts] == [3, 2, 2] and np.concatenate(parts).tolist() == list(range(7))
     parts = D.replica_parts(np.array([5]), 2)  # fewer images than replicas: repeated, as DistributedSampler pads
     assert [p.tolist() for p in parts] == [[5], [5]]
+
+
+def test_cli_a_shard_damaged_under_training_stops_with_one_line(tmp_path, monkeypatch):
+    """The damaged record is met inside tf.data (wrapped by TensorFlow): the
+    command still ends with our one line and a non-zero exit, and the next
+    run rebuilds the cache and trains."""
+    from conftest import cli_in, tiny_alexnet_registered
+
+    monkeypatch.setenv("KERASALEX_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "pets", per_class=(8, 8, 8))
+    args = ["train", "--dataset", root, "--epochs", "1", "--image-size", "16", "--data-cache", "disk",
+            "--val-split", "0", "--batch-size", "8"]
+    with tiny_alexnet_registered():
+        first = cli_in(tmp_path, args + ["--run-dir", "runs/a", "-o", "a.keras"])
+        assert first.exit_code == 0, first.output
+        (cache,) = _caches(tmp_path)
+        shard = cache / "images-00000.bin"
+        raw = bytearray(shard.read_bytes())
+        raw[-1] ^= 0xFF  # the last image: read by training, not before
+        shard.write_bytes(bytes(raw))
+        r = cli_in(tmp_path, args + ["--run-dir", "runs/b", "-o", "b.keras"])
+        assert r.exit_code == 1, r.output
+        last = r.output.strip().splitlines()[-1]
+        assert last.startswith("Error: decoded-image cache") and "image 23 in images-00000.bin fails its checksum" in last
+        assert "Traceback" not in r.output and not (tmp_path / "b.keras").exists()
+        again = cli_in(tmp_path, args + ["--run-dir", "runs/c", "-o", "c.keras"])
+        assert again.exit_code == 0, again.output

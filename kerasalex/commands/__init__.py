@@ -22,3 +22,13 @@ def user_errors() -> Iterator[None]:
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise click.ClickException(msg) from None
+    except Exception as exc:
+        # A damaged decode cache met inside tf.data reaches us wrapped in
+        # TensorFlow's error: say our one line.
+        import sys
+
+        cache = sys.modules.get("kerasalex.data.cache")
+        err = cache.raised_by_a_read(exc) if cache is not None else None
+        if err is None:
+            raise
+        raise click.ClickException(str(err)) from None

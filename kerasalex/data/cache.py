@@ -57,6 +57,22 @@ class CacheError(ValueError):
     while read); the message is one line naming the file and what to do."""
 
 
+# The last damaged-cache error raised while reading: a read inside a tf.data
+# generator reaches the caller wrapped in TensorFlow's error (a traceback);
+# the command line reports this one line instead (see raised_by_a_read).
+_LAST_READ_ERROR: list[CacheError] = []
+
+
+def raised_by_a_read(exc: BaseException) -> CacheError | None:
+    """The :class:`CacheError` behind ``exc`` when ``exc`` is TensorFlow's
+    wrapping of one raised by a read in a tf.data generator (its message
+    quotes ours); None otherwise."""
+    for err in reversed(_LAST_READ_ERROR):
+        if str(err) in str(exc):
+            return err
+    return None
+
+
 # --------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------
@@ -93,8 +109,11 @@ class _Shards:
 
     def damaged(self, what: str) -> CacheError:
         remove(self.folder)
-        return CacheError(f"decoded-image cache {self.folder} is damaged: {what}; it was removed, "
-                          "run the command again to rebuild it from the image files")
+        err = CacheError(f"decoded-image cache {self.folder} is damaged: {what}; it was removed, "
+                         "run the command again to rebuild it from the image files")
+        del _LAST_READ_ERROR[:-4]
+        _LAST_READ_ERROR.append(err)
+        return err
 
     def read_into(self, out: np.ndarray, positions: np.ndarray) -> None:
         """Reads records ``positions`` into ``out`` (len(positions), *shape)
