@@ -292,3 +292,23 @@ def test_cli_a_shard_damaged_under_training_stops_with_one_line(tmp_path, monkey
         assert "Traceback" not in r.output and not (tmp_path / "b.keras").exists()
         again = cli_in(tmp_path, args + ["--run-dir", "runs/c", "-o", "c.keras"])
         assert again.exit_code == 0, again.output
+
+
+def test_a_killed_writer_leaves_nothing_the_next_one_keeps(pets, tmp_path):
+    """A writer killed mid-way leaves ``<key>.partial-<pid>-*``; the next
+    writer of that cache removes it (its process is gone), never a live one's."""
+    import subprocess
+
+    F.scan_folder(pets, 16, storage="disk")
+    (cache,) = _caches(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = cache.with_name(f"{cache.name}.partial-{dead.pid}-deadbeef")
+    live = cache.with_name(f"{cache.name}.partial-{os.getpid()}-cafecafe")
+    for p in (stale, live):
+        p.mkdir()
+        (p / "images-00000.bin").write_bytes(b"\0" * 100)
+    C.remove(cache)  # the next run writes the cache again
+    F.scan_folder(pets, 16, storage="disk")
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in _caches(tmp_path)) == sorted([cache.name, live.name])

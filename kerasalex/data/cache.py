@@ -344,6 +344,7 @@ class Writer:
         self.shape = tuple(int(d) for d in shape)
         self.record = int(np.prod(self.shape))
         self.per_shard = max(1, SHARD_BYTES // self.record)
+        remove_dead_partials(self.final)
         self.tmp = self.final.with_name(f"{self.final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.tmp.mkdir(parents=True)
         self.files_listed = files_listed
@@ -429,18 +430,23 @@ class Writer:
         remove(self.tmp)
 
 
-def stale_partials(root: Path, older_than_s: float = 24 * 3600) -> list[Path]:
-    """Partial cache directories left by killed writers (``<key>.partial-*``)
-    older than ``older_than_s``: safe to remove."""
-    import time
-
-    now = time.time()
-    out = []
-    if Path(root).is_dir():
-        for p in Path(root).glob("*.partial-*"):
-            try:
-                if now - p.stat().st_mtime > older_than_s:
-                    out.append(p)
-            except OSError:
-                pass
-    return out
+def remove_dead_partials(final: Path) -> list[Path]:
+    """Removes the partial directories of ``final``'s cache left by writers
+    that were killed (``<key>.partial-<pid>-*`` whose process is gone);
+    returns them. A live writer's partial directory is left alone."""
+    removed = []
+    for p in Path(final).parent.glob(f"{Path(final).name}.partial-*"):
+        try:
+            pid = int(p.name.split(".partial-")[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still writing
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        remove(p)
+        removed.append(p)
+    return removed
