@@ -41,12 +41,11 @@ def _started_as_cli() -> bool:
 from kerasalex import models  # noqa: E402,F401
 
 def _in_worker_process() -> bool:
-    """A multiprocessing child (the first decode's worker processes, see
-    :func:`kerasalex.data.folders.decode_files`): it decodes images and
-    never loads a model, so it skips TensorFlow's start-up (5 s and ~300 MB
-    each). Import ``kerasalex.preprocessing`` there to register the layers."""
-    mp = _sys.modules.get("multiprocessing")
-    return mp is not None and mp.parent_process() is not None
+    """One of the first decode's worker processes (started with
+    ``KERASALEX_DECODE_WORKER=1``, see :func:`kerasalex.data.folders.decode_files`):
+    it decodes images and never loads a model, so it skips TensorFlow's
+    start-up (5 s and ~300 MB each)."""
+    return _os.environ.get("KERASALEX_DECODE_WORKER") == "1"
 
 
 # The command line imports TensorFlow only inside the commands that need it

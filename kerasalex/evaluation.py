@@ -295,7 +295,7 @@ PREDICT_CACHE_MIN = 1000
 PLOT_MAX = 64
 
 
-def _decode_many(paths, rule):
+def _decode_many(paths, rule, progress: bool = True):
     """(images, kept paths, skipped) for many files, through the decode cache."""
     import os
 
@@ -303,7 +303,7 @@ def _decode_many(paths, rule):
 
     files = [Path(p).resolve() for p in paths]
     root = Path(os.path.commonpath([str(f.parent) for f in files]))
-    x, _, ok, _, reasons = decode_cached(root, files, np.zeros(len(files), np.int32), rule)
+    x, _, ok, _, reasons = decode_cached(root, files, np.zeros(len(files), np.int32), rule, progress=progress)
     kept = [p for p, k in zip(paths, ok) if k]
     skipped = [{"image": str(p), "reason": r} for p, r in zip([p for p, k in zip(paths, ok) if not k], reasons)]
     return x, kept, skipped
@@ -319,6 +319,7 @@ def predict(
     top_k: int = 3,
     plot: str | os.PathLike | None = None,
     resize: str | None = None,
+    progress: bool = True,
 ) -> dict:
     """Top-k classes with probabilities for each image file; optionally a figure.
 
@@ -330,7 +331,9 @@ def predict(
     one training used; ``resize`` (``"squash"``/``"crop"``) overrides its
     geometry. Folders are scanned as training scans them (hidden paths and
     non-image files left out, and named). A file that cannot be decoded does
-    not stop the others: it is named in ``skipped``.
+    not stop the others: it is named in ``skipped``. From
+    :data:`PREDICT_CACHE_MIN` files on, they are decoded through the decode
+    cache (``progress``: its progress bar on stdout, for 2,000 or more).
 
     Returns:
         ``{"predictions": [{"image", "top": [{"class", "probability"}]}],
@@ -365,7 +368,7 @@ def predict(
     left_out: list[dict] = []
     paths = iter_image_paths(images, left_out)
     if len(paths) >= PREDICT_CACHE_MIN:
-        x, kept, skipped = _decode_many(paths, rule)
+        x, kept, skipped = _decode_many(paths, rule, progress)
     else:
         decoded, kept, skipped = [], [], []
         for p in paths:

@@ -183,8 +183,10 @@ def open_run(config: TrainConfig, resume: bool, say) -> tuple[TrainConfig, Path,
     if run_dir is None:
         raise ValueError("--resume: no unfinished run found under runs/; pass --run-dir RUN_FOLDER")
     saved = read_run_config(run_dir)
-    # The run's own configuration wins; only where outputs go may change.
-    config = TrainConfig.from_dict({**saved["config"], "run_dir": str(run_dir)})
+    # The run's own configuration wins; only where outputs go, and where the
+    # decoded images are kept (no batch depends on it), may change.
+    storage = {"data_cache": config.data_cache} if config.data_cache != "auto" else {}
+    config = TrainConfig.from_dict({**saved["config"], "run_dir": str(run_dir), **storage})
     state = C.load_resume_state(run_dir)
     if (run_dir / "summary.json").exists():
         raise ValueError(f"run {run_dir} already finished; its model is {json.loads((run_dir / 'summary.json').read_text()).get('model')}")

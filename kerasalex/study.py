@@ -278,7 +278,8 @@ def run_study(
     _save_state(study_dir, state)
 
     how = dict(recipe=recipe, dataset=dataset, data_dir=settings["data_dir"], split=split,
-               eval_batch_size=eval_batch_size, eval_limit=eval_limit, log=log, verbose=verbose)
+               eval_batch_size=eval_batch_size, eval_limit=eval_limit, log=log, verbose=verbose,
+               storage=configs[models[0]].data_cache)
     outcomes = {a: _run_model(a, configs[a], weights.get(a), study_dir, state, how) for a in models}
     trained = [a for a, o in outcomes.items() if o in ("trained", "evaluated")]
     kept = [a for a, o in outcomes.items() if o == "kept"]
@@ -390,7 +391,7 @@ def _evaluate_model(arch: str, run_dir: Path, how: dict) -> None:
     where = "test split" if how["split"] == "test" else "held-out validation slice"
     how["log"](f"{arch}: evaluating {run_dir / 'model.keras'} on the {where}")
     evaluate(run_dir / "model.keras", how["dataset"], how["data_dir"], how["eval_batch_size"], run_dir,
-             how["eval_limit"], split=how["split"])  # the held-out slice the model itself records
+             how["eval_limit"], split=how["split"], storage=how["storage"])  # the held-out slice the model itself records
 
 
 def _compare_and_report(study_dir: Path, state: dict, models, trained, kept, skipped, log) -> dict:

@@ -271,8 +271,8 @@ def _fit_multi_worker(model, config: TrainConfig, data, callbacks, verbose, init
               validation_data=val, callbacks=callbacks, verbose=verbose, shuffle=False)
     epochs = config.epochs - initial_epoch
     n_val = len(data.val) if data.val is not None else 0
-    read = (f"; {data.train.x.images_read - read_before} images read from the decode cache"
-            if read_before is not None else "")
+    read = (f"; {data.train.x.images_read - read_before} images (training and validation) read from the "
+            "decode cache" if read_before is not None else "")
     _say(f"this worker gathered {counts['train']} training images over {epochs} epoch(s) of {len(data.train)} "
          f"and {counts['val']} validation images over as many validation passes of {n_val}{read}")
     return model

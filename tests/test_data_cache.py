@@ -79,6 +79,13 @@ def test_disk_storage_gives_the_same_split_as_memory(pets, tmp_path):
     assert isinstance(sub.x, C.DiskImages) and x.images_read == before
     np.testing.assert_array_equal(sub.x[1:], mem.x[[2, 9]])
     assert sub.ids == [mem.ids[i] for i in (4, 2, 9)]
+    # a view's indices are checked, never read as damage
+    np.testing.assert_array_equal(x.subset([-1])[0], mem.x[-1])
+    with pytest.raises(IndexError):
+        x.subset([18])
+    with pytest.raises(TypeError):
+        x.subset(np.ones(18, bool))
+    assert len(_caches(tmp_path)) == 1
     # the fingerprint does not depend on where the images are
     assert D.fingerprint(disk) == D.fingerprint(mem) and D.fingerprint(sub) == D.fingerprint(mem.take([4, 2, 9]))
 
@@ -150,15 +157,32 @@ def test_a_truncated_or_foreign_cache_is_rebuilt_with_a_line(pets, tmp_path, cap
     shard.write_bytes(shard.read_bytes()[:-10])
     capsys.readouterr()
     np.testing.assert_array_equal(np.asarray(F.scan_folder(pets, 16, storage="disk").split.x), expected)
-    assert "has a damaged shard (images-00000.bin" in capsys.readouterr().out
+    assert "has a damaged shard (images-00000.bin" in capsys.readouterr().err
+    # a damaged label array (same size: only its checksum tells) is never trusted
+    labels = bytearray((cache / "labels.npy").read_bytes())
+    labels[-1] ^= 0x01
+    (cache / "labels.npy").write_bytes(bytes(labels))
+    np.testing.assert_array_equal(np.asarray(F.scan_folder(pets, 16, storage="disk").split.x), expected)
+    assert "has a damaged labels.npy (checksum)" in capsys.readouterr().err
     # a cache written by another format version is never read
     manifest = json.loads((cache / C.MANIFEST).read_text())
     manifest["format_version"] = C.FORMAT_VERSION + 1
     (cache / C.MANIFEST).write_text(json.dumps(manifest))
     np.testing.assert_array_equal(np.asarray(F.scan_folder(pets, 16, storage="disk").split.x), expected)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "was written by another kerasalex" in out and "rebuilding it" in out
     assert json.loads((cache / C.MANIFEST).read_text())["format_version"] == C.FORMAT_VERSION
+
+
+def test_labels_come_from_the_listing_not_the_cache(pets, tmp_path):
+    """The same files cached with other labels (predict caches none; another
+    model's class list numbers them otherwise) get the caller's labels."""
+    files = F.list_image_files(pets)
+    rule = D.ResizeRule(16)
+    F.decode_cached(pets, files, np.zeros(len(files), np.int32), rule, storage="disk")  # as predict does
+    scan = F.scan_folder(pets, rule, storage="disk")
+    assert np.bincount(scan.split.y).tolist() == [7, 5, 6] and len(_caches(tmp_path)) == 1
+    assert D.fingerprint(scan.split) == D.fingerprint(F.scan_folder(pets, rule, storage="memory").split)
 
 
 def test_a_folder_changed_between_runs_gets_a_new_cache(pets, tmp_path):

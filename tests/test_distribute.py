@@ -346,7 +346,8 @@ def test_multi_worker_two_processes(tmp_path, source):
     # Each worker gathers its 15 of every global batch of 30 (both epochs)
     # and its half of each validation batch; the two halves make the whole.
     pattern = (r"this worker gathered (\d+) training images over 2 epoch\(s\) of (\d+) and (\d+) validation images "
-               r"over as many validation passes of (\d+)(?:; (\d+) images read from the decode cache)?")
+               r"over as many validation passes of (\d+)(?:; (\d+) images \(training and validation\) read from the "
+               r"decode cache)?")
     found = [re.search(pattern, o) for o in out]
     assert all(found), "\n\n".join(o[-3000:] for o in out)
     n_train, n_val = int(found[0].group(2)), int(found[0].group(4))

@@ -118,7 +118,7 @@ def predict(model, images, top_k, plot, resize, as_json):
     from kerasalex.evaluation import predict as run_predict
 
     with user_errors():
-        result = run_predict(model, images, top_k, plot, resize=resize)
+        result = run_predict(model, images, top_k, plot, resize=resize, progress=not as_json)
     out = result["predictions"]
     if result["left_out"]:
         click.echo(describe_left_out(result["left_out"]), err=True)

@@ -30,7 +30,8 @@ def train(arch, recipe, hparams, resume, **options):
     ctx = click.get_current_context()
     explicit = lambda name: ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT  # noqa: E731
     if resume:
-        ignored = [n for n in ("arch", "recipe", "hparams", *options) if n not in ("run_dir", "output") and explicit(n)]
+        ignored = [n for n in ("arch", "recipe", "hparams", *options)
+                   if n not in ("run_dir", "output", "data_cache") and explicit(n)]
         if ignored:
             click.echo("warning: --resume continues the run with its own saved options; ignored: "
                        + ", ".join("--" + n.replace("_", "-") for n in ignored), err=True)

@@ -45,8 +45,9 @@ FORMAT = "kerasalex-decoded-images"
 # Bumped whenever the files' layout changes: a cache of another version is
 # rebuilt, never read.
 FORMAT_VERSION = 1
-# Records per shard file: at most ~256 MiB each whatever the image size.
-SHARD_BYTES = 256 * 1024 * 1024
+# Records per shard file: at most ~1 GiB each whatever the image size (an
+# ImageNet-size folder at 224 px: ~180 files, each kept open once read).
+SHARD_BYTES = 2**30
 MANIFEST = "manifest.json"
 # In-order reads (fingerprints, evaluation, np.asarray) go this many bytes at a time.
 CHUNK_BYTES = 16 * 2**20
@@ -102,8 +103,9 @@ class _Shards:
                 if fd is None:
                     try:
                         fd = os.open(self.files[shard], os.O_RDONLY)
-                    except OSError as exc:
-                        raise self.damaged(f"{self.files[shard].name} cannot be opened ({exc.strerror})") from None
+                    except FileNotFoundError:
+                        raise self.damaged(f"{self.files[shard].name} is missing") from None
+                    # other errors (too many open files, permissions) are not damage: raised as they are
                     self._fds[shard] = fd
         return fd
 
@@ -121,11 +123,16 @@ class _Shards:
         flat = out.reshape(len(positions), self.record)
         for i, p in enumerate(positions):
             p = int(p)
+            if not 0 <= p < self.count:
+                raise IndexError(f"image {p} is out of bounds for the {self.count} images of {self.folder}")
             shard, k = divmod(p, self.per_shard)
             view = memoryview(flat[i])
-            n = os.preadv(self._fd(shard), [view], k * self.record)
-            if n != self.record:
-                raise self.damaged(f"{self.files[shard].name} is truncated (image {p})")
+            fd, got = self._fd(shard), 0
+            while got < self.record:  # a network file system may return short reads
+                n = os.preadv(fd, [view[got:]], k * self.record + got)
+                if n == 0:
+                    raise self.damaged(f"{self.files[shard].name} is truncated (image {p})")
+                got += n
             if zlib.crc32(view) != int(self.crc[p]):
                 raise self.damaged(f"image {p} in {self.files[shard].name} fails its checksum")
         self.images_read += len(positions)
@@ -206,7 +213,7 @@ class DiskImages:
                 raise IndexError(f"index {key} is out of bounds for {n} images")
             return self._read(np.array([i]))[0]
         if isinstance(key, slice):
-            return self._read(np.arange(n)[key])
+            return self._read(np.arange(*key.indices(n)))
         if isinstance(key, tuple):
             raise TypeError("DiskImages takes one index (an int, a slice or an index array); "
                             "read the images first (x[a:b]) to index pixels")
@@ -223,8 +230,20 @@ class DiskImages:
         return self._read(idx.reshape(-1)).reshape(*idx.shape, *self._shards.shape)
 
     def subset(self, idx) -> "DiskImages":
-        """The images at ``idx`` (int array), as a view: nothing is read."""
-        idx = np.asarray(idx, dtype=np.int64)
+        """The images at ``idx`` (an int array; negatives count from the end),
+        as a view: nothing is read.
+
+        Raises:
+            IndexError: an index out of bounds. TypeError: not integers.
+        """
+        idx = np.asarray(idx)
+        if idx.dtype.kind not in "iu" and idx.size:
+            raise TypeError(f"DiskImages.subset takes integer indices. Received dtype {idx.dtype}")
+        n = len(self)
+        idx = idx.astype(np.int64).reshape(-1)
+        idx = np.where(idx < 0, idx + n, idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"an index is out of bounds for {n} images")
         return DiskImages(self._shards, self._positions(idx))
 
     def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
@@ -275,7 +294,16 @@ class Opened:
         self.images, self.labels, self.ok, self.skipped, self.reasons = images, labels, ok, skipped, reasons
 
 
-def open_cache(folder: Path, files_listed: int, say=None) -> Opened | None:
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+ARRAYS = ("labels.npy", "ok.npy", "crc32.npy")
+
+
+def open_cache(folder: Path, files_listed: int, say=None, shape: Sequence[int] | None = None) -> Opened | None:
     """Opens the cache in ``folder``; None when there is none.
 
     A cache of another format version, or one whose files do not match its
@@ -301,7 +329,14 @@ def open_cache(folder: Path, files_listed: int, say=None) -> Opened | None:
         return rebuild(f"was written by another kerasalex (format {manifest.get('format_version')!r}, "
                        f"kerasalex {manifest.get('kerasalex', '?')}; this one reads format {FORMAT_VERSION})")
     try:
+        if shape is not None and [int(d) for d in manifest["shape"]] != [int(d) for d in shape]:
+            return rebuild(f"holds images of shape {manifest['shape']}, not {list(shape)}")
+        for name in ARRAYS:
+            if _sha256(folder / name) != manifest["sha256"][name]:
+                return rebuild(f"has a damaged {name} (checksum)")
         record = int(np.prod(manifest["shape"]))
+        count = int(manifest["count"])
+        int(manifest["records_per_shard"])
         for s in manifest["shards"]:
             size = (folder / s["file"]).stat().st_size
             if size != int(s["count"]) * record:
@@ -311,7 +346,6 @@ def open_cache(folder: Path, files_listed: int, say=None) -> Opened | None:
         crc = np.load(folder / "crc32.npy", allow_pickle=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return rebuild(f"is incomplete ({type(exc).__name__}: {exc})")
-    count = int(manifest["count"])
     if len(labels) != count or len(crc) != count or int(ok.sum()) != count or len(ok) != files_listed:
         return rebuild("does not match its manifest")
     shards = _Shards(folder, manifest, crc)
@@ -376,9 +410,15 @@ class Writer:
         except OSError as exc:
             raise self._space(exc) from None
 
-    def _next_shard(self) -> None:
+    def _close_shard(self) -> None:
         if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
             self._fh.close()
+            self._fh = None
+
+    def _next_shard(self) -> None:
+        self._close_shard()
         name = f"images-{len(self.shards):05d}.bin"
         self._fh = open(self.tmp / name, "wb")
         self.shards.append({"file": name, "count": 0})
@@ -389,18 +429,19 @@ class Writer:
         place; returns it opened. When another process committed the same
         cache first, that one is used and ours removed."""
         try:
-            if self._fh is not None:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-                self._fh.close()
-                self._fh = None
-            np.save(self.tmp / "labels.npy", np.asarray(self.labels, np.int32))
-            np.save(self.tmp / "ok.npy", np.asarray(ok, bool))
-            np.save(self.tmp / "crc32.npy", np.asarray(self.crc, np.uint32))
+            self._close_shard()
+            arrays = {"labels.npy": np.asarray(self.labels, np.int32), "ok.npy": np.asarray(ok, bool),
+                      "crc32.npy": np.asarray(self.crc, np.uint32)}
+            for name, a in arrays.items():
+                with open(self.tmp / name, "wb") as f:
+                    np.save(f, a)
+                    f.flush()
+                    os.fsync(f.fileno())
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "kerasalex": _version(),
                 "shape": list(self.shape), "count": len(self.labels), "records_per_shard": self.per_shard,
                 "shards": self.shards, "skipped": list(skipped), "reasons": list(reasons),
+                "sha256": {name: _sha256(self.tmp / name) for name in arrays},
             }
             images = DiskImages(_Shards(self.tmp, manifest, np.asarray(self.crc, np.uint32)))
             manifest["fingerprint"] = fingerprint_fn(images)
@@ -414,8 +455,14 @@ class Writer:
         try:
             os.rename(self.tmp, self.final)
         except OSError:
+            if not (self.final / MANIFEST).is_file():
+                remove(self.final)  # a cache whose removal stopped part-way: ours replaces it
+                try:
+                    os.rename(self.tmp, self.final)
+                except OSError:
+                    pass
             remove(self.tmp)  # another process renamed the same cache into place first
-        opened = open_cache(self.final, self.files_listed)
+        opened = open_cache(self.final, self.files_listed, shape=self.shape)
         if opened is None:
             raise CacheError(f"the decoded-image cache {self.final} could not be read back after writing it")
         return opened

@@ -116,8 +116,10 @@ def _folder_key(root: Path, files: Sequence[Path], rule: ResizeRule) -> str:
     cache written by another rule (or an older kerasalex) is never reused."""
     import PIL
 
+    from kerasalex.data.cache import FORMAT_VERSION
+
     h = hashlib.sha1(
-        f"{root.resolve()}|{rule.size}|{rule.resize}|{rule.interpolation}|v{DECODING_VERSION}|"
+        f"{root.resolve()}|{rule.size}|{rule.resize}|{rule.interpolation}|v{DECODING_VERSION}|f{FORMAT_VERSION}|"
         f"cms={_image_cms() is not None}|max_pixels={max_image_pixels()}|pillow={PIL.__version__}".encode()
     )
     for f in files:
@@ -151,8 +153,8 @@ class FolderScan(NamedTuple):
 
 # A folder whose decoded images take more than this stays on disk (read by
 # position from its cache); smaller ones are read into memory. Measured
-# (README, "Larger-than-memory data"): both paths train equally fast, so the
-# rule is about memory alone.
+# (README, "Larger-than-memory folders", benchmarks/bench_data_scale.py):
+# both paths train equally fast, so the rule is about memory alone.
 IN_MEMORY_LIMIT_BYTES = 2**30
 STORAGES = ("auto", "memory", "disk")
 
@@ -161,7 +163,7 @@ def choose_storage(storage: str, images: int, size: int) -> str:
     """``"memory"`` or ``"disk"``: the storage a folder of ``images`` images
     decoded at ``size`` x ``size`` gets. ``auto`` (the default): memory when
     the decoded images take at most :data:`IN_MEMORY_LIMIT_BYTES` (1 GiB:
-    e.g. 116,000 images at 56 px, 7,100 at 224 px), disk otherwise.
+    e.g. 114,130 images at 56 px, 7,133 at 224 px), disk otherwise.
 
     Raises:
         ValueError: an unknown ``storage``.
@@ -229,7 +231,7 @@ def scan_folder(
 
 
 def decode_cached(root: Path, files: Sequence[Path], labels: Sequence[int], rule: ResizeRule,
-                  storage: str = "auto", workers: int | None = None):
+                  storage: str = "auto", workers: int | None = None, progress: bool = True):
     """``files`` (under ``root``) decoded by ``rule`` through the decode
     cache: read back when it holds them, else decoded (in parallel) and
     written to it. The cache is keyed by ``root``, the files' names, sizes
@@ -239,7 +241,12 @@ def decode_cached(root: Path, files: Sequence[Path], labels: Sequence[int], rule
         ``(images, labels, ok, skipped, reasons)``: the decoded images (an
         array, or :class:`~kerasalex.data.cache.DiskImages` when ``storage``
         resolves to disk, see :func:`choose_storage`), their int32 labels,
-        which of ``files`` were decoded, the unreadable ones and why.
+        which of ``files`` were decoded, the unreadable ones and why. The
+        labels are always ``labels`` (the caller's listing), never the
+        cache's: the same files cached by ``predict`` (no labels) or under
+        another model's class list give the right labels.
+        progress: a progress bar on stdout for a first decode of 2,000
+            images or more (``predict --json`` turns it off).
 
     Raises:
         kerasalex.data.cache.CacheError: see :func:`scan_folder`.
@@ -249,19 +256,25 @@ def decode_cached(root: Path, files: Sequence[Path], labels: Sequence[int], rule
     where = choose_storage(storage, len(files), rule.size)
     key = _folder_key(root, files, rule)
     final = _cache_dir() / key
-    opened = C.open_cache(final, len(files), say=_say)
+    y_all = np.asarray(labels, dtype=np.int32)
+    opened = C.open_cache(final, len(files), say=_say, shape=(rule.size, rule.size, 3))
     if opened is None:
-        y_all = np.asarray(labels, dtype=np.int32)
-        opened, x_mem = _decode_into_cache(root, files, y_all, rule, final, key, where, workers)
+        opened, x_mem = _decode_into_cache(root, files, y_all, rule, final, key, where, workers, progress)
         if x_mem is not None:  # memory storage: the images just decoded
             x, ok, reasons = x_mem
             return x, y_all[ok], ok, [str(f) for f, k in zip(files, ok) if not k], reasons
-    x = opened.images if where == "disk" else np.asarray(opened.images)
-    return x, opened.labels, opened.ok, opened.skipped, opened.reasons
+    y = y_all[opened.ok]
+    images = opened.images
+    if not np.array_equal(y, opened.labels):
+        images = C.DiskImages(images._shards)  # labels differ from the cached ones: no stored fingerprint
+    x = images if where == "disk" else np.asarray(images)
+    return x, y, opened.ok, opened.skipped, opened.reasons
 
 
 def _say(msg: str) -> None:
-    print(f"[kerasalex] {msg}", flush=True)
+    import sys
+
+    print(f"[kerasalex] {msg}", file=sys.stderr, flush=True)
 
 
 def _check_classes(root: Path, found, class_names, y: np.ndarray, reasons) -> None:
@@ -301,9 +314,15 @@ def _class_files(root: Path, class_names: Sequence[str] | None, left_out: list[d
     return class_names, found, files, labels
 
 
-# Images per decoding task: large enough to amortise a process round trip,
-# small enough to keep a bounded number in flight.
+# Images per decoding task (at most; fewer for large images, see
+# _chunk_size): large enough to amortise a process round trip, small enough
+# to keep a bounded number in flight.
 DECODE_CHUNK = 256
+DECODE_CHUNK_BYTES = 16 * 2**20
+
+
+def _chunk_size(size: int) -> int:
+    return max(1, min(DECODE_CHUNK, DECODE_CHUNK_BYTES // (size * size * 3)))
 
 
 def _decode_chunk(paths: Sequence[str], size: int, resize: str, interpolation: str):
@@ -318,6 +337,10 @@ def _decode_chunk(paths: Sequence[str], size: int, resize: str, interpolation: s
             ok[i] = False
             reasons.append(str(exc))
     return x, ok, reasons
+
+
+# Set in the environment the decode worker processes start with.
+WORKER_ENV = "KERASALEX_DECODE_WORKER"
 
 
 def decode_workers(workers: int | None = None) -> int:
@@ -345,7 +368,8 @@ def decode_files(files: Sequence[Path], rule: ResizeRule, workers: int | None = 
     n = len(files)
     workers = decode_workers(workers)
     bar = _progress(n) if progress else None
-    chunks = [(i, [str(f) for f in files[i : i + DECODE_CHUNK]]) for i in range(0, n, DECODE_CHUNK)]
+    step = _chunk_size(rule.size)
+    chunks = [(i, [str(f) for f in files[i : i + step]]) for i in range(0, n, step)]
     args = (rule.size, rule.resize, rule.interpolation)
     if workers == 1 or len(chunks) == 1:
         for start, paths in chunks:
@@ -359,10 +383,16 @@ def decode_files(files: Sequence[Path], rule: ResizeRule, workers: int | None = 
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending: list = []
         it = iter(chunks)
-        for start, paths in it:
-            pending.append((start, pool.submit(_decode_chunk, paths, *args)))
-            if len(pending) >= 2 * workers:
-                break
+        # The workers start on the first submit and inherit this marker: their
+        # `import kerasalex` skips TensorFlow (see kerasalex._in_worker_process).
+        os.environ[WORKER_ENV] = "1"
+        try:
+            for start, paths in it:
+                pending.append((start, pool.submit(_decode_chunk, paths, *args)))
+                if len(pending) >= 2 * workers:
+                    break
+        finally:
+            os.environ.pop(WORKER_ENV, None)
         while pending:
             start, fut = pending.pop(0)
             x, ok, reasons = fut.result()
@@ -380,11 +410,12 @@ def _progress(n: int):
     import keras
 
     print(f"[kerasalex] decoding {n} images into the cache (once per folder, size and decoding options)", flush=True)
+    # (stdout, with Keras's bar; the one-line notes of _say go to stderr)
     return keras.utils.Progbar(n, unit_name="image", interval=0.5 if sys.stdout.isatty() else 30.0)
 
 
 def _decode_into_cache(root: Path, files: Sequence[Path], y_all: np.ndarray, rule: ResizeRule, final: Path,
-                       key: str, where: str, workers: int | None):
+                       key: str, where: str, workers: int | None, progress: bool = True):
     """The first decode of a folder, written to its cache as it goes.
 
     Returns ``(opened cache or None, in memory or None)``: with memory
@@ -408,7 +439,7 @@ def _decode_into_cache(root: Path, files: Sequence[Path], y_all: np.ndarray, rul
     ok_all = np.ones(n, dtype=bool)
     reasons_all: list[str] = []
     try:
-        for start, x, ok, reasons in decode_files(files, rule, workers, progress=n >= 2000):
+        for start, x, ok, reasons in decode_files(files, rule, workers, progress=progress and n >= 2000):
             ok_all[start : start + len(ok)] = ok
             reasons_all += reasons
             if x_mem is not None:
@@ -420,7 +451,11 @@ def _decode_into_cache(root: Path, files: Sequence[Path], y_all: np.ndarray, rul
                     writer = None  # removed by the writer itself
                     if where == "disk":
                         raise
-        if _folder_key(root, files, rule) != key:
+        try:
+            same = _folder_key(root, files, rule) == key
+        except OSError:  # a file deleted meanwhile
+            same = False
+        if not same:
             raise C.CacheError(f"the folder {root} changed while it was being decoded; run the command again")
     except BaseException:
         if writer is not None:
@@ -430,7 +465,7 @@ def _decode_into_cache(root: Path, files: Sequence[Path], y_all: np.ndarray, rul
     if writer is not None:
         y = y_all[ok_all]
         if x_mem is not None:
-            kept = x_mem[ok_all]
+            kept = x_mem if ok_all.all() else x_mem[ok_all]
             fp = lambda _images: fingerprint(Split(kept, y))  # noqa: E731
         else:
             fp = lambda images: fingerprint(Split(images, y))  # noqa: E731
@@ -440,7 +475,7 @@ def _decode_into_cache(root: Path, files: Sequence[Path], y_all: np.ndarray, rul
         except C.CacheError:
             if where == "disk":
                 raise
-    return None, (x_mem[ok_all], ok_all, reasons_all)
+    return None, (x_mem if ok_all.all() else x_mem[ok_all], ok_all, reasons_all)
 
 
 def folder_layout(root: str | os.PathLike) -> tuple[Path, Path | None]:
