@@ -239,7 +239,7 @@ def fit_standard(model, config: TrainConfig, data, callbacks, verbose, initial_e
     if initial_epoch >= config.epochs:
         return model
     if config.distribute == "multi-worker":
-        return _fit_multi_worker(model, config, data, callbacks, verbose, initial_epoch)
+        return fit_multi_worker(model, config, data, callbacks, verbose, initial_epoch)
     ds, steps = train_stream(data.train, config.batch_size, data.num_classes, config.seed, initial_epoch, config.epochs)
     val = eval_dataset(data.val, config.batch_size, data.num_classes) if data.val is not None else None
     if config.distribute != "none":
@@ -253,23 +253,26 @@ def fit_standard(model, config: TrainConfig, data, callbacks, verbose, initial_e
     return model
 
 
-def _fit_multi_worker(model, config: TrainConfig, data, callbacks, verbose, initial_epoch: int):
-    """``fit`` under MultiWorkerMirroredStrategy, each worker gathering only
-    its replicas' part of every global batch (:func:`kerasalex.data.sharded_streams`);
+def fit_multi_worker(model, config: TrainConfig, data, callbacks, verbose, initial_epoch: int,
+                     epochs: int | None = None):
+    """``fit`` (epochs ``initial_epoch..epochs-1``, default ``config.epochs``)
+    under MultiWorkerMirroredStrategy, each worker gathering only its
+    replicas' part of every global batch (:func:`kerasalex.data.sharded_streams`);
     says how many images this worker read."""
     import tensorflow as tf
 
     from kerasalex.data import sharded_streams
     from kerasalex.distribute import prepare_model
 
+    epochs_to = int(config.epochs if epochs is None else epochs)
     ds, val, steps, counts = sharded_streams(model.distribute_strategy, data.train, config.batch_size,
-                                             data.num_classes, config.seed, initial_epoch, config.epochs, val=data.val)
+                                             data.num_classes, config.seed, initial_epoch, epochs_to, val=data.val)
     spec = (tf.TensorSpec((None, *data.image_shape), tf.uint8), tf.TensorSpec((None, data.num_classes), tf.float32))
     prepare_model(model, spec)
     read_before = getattr(data.train.x, "images_read", None)
-    model.fit(ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+    model.fit(ds, epochs=epochs_to, initial_epoch=initial_epoch, steps_per_epoch=steps,
               validation_data=val, callbacks=callbacks, verbose=verbose, shuffle=False)
-    epochs = config.epochs - initial_epoch
+    epochs = epochs_to - initial_epoch
     n_val = len(data.val) if data.val is not None else 0
     read = (f"; {data.train.x.images_read - read_before} images (training and validation) read from the "
             "decode cache" if read_before is not None else "")
