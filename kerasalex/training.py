@@ -493,6 +493,9 @@ def _train(config: TrainConfig, resume: bool = False, verbose: int | str = "auto
     arch = get_architecture(config.arch)
     # An option the architecture does not take is refused before any folder or data.
     arch.check_options(weights=config.weights, base_weights=config.base_weights, freeze_base=config.freeze_base)
+    if arch.loop == "transfer" and config.distribute == "multi-worker":
+        raise ValueError(f"--arch {config.arch} does not train under --distribute multi-worker yet (its cached-feature "
+                         "head stage fails under the strategy); use --distribute mirrored on one machine")
     config, run_dir, state, saved_resolved = runs.open_run(config, resume, _say)
     config, run_dir, strategy, chief, inter_op = _start_workers(config, run_dir, stop)
     precision = _set_numerics(config)

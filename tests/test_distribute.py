@@ -169,6 +169,16 @@ def test_cli_multi_worker_without_tf_config_fails_cleanly(invoke, tmp_path, monk
     assert not (tmp_path / "runs").exists() and not (tmp_path / "saved_models").exists()
 
 
+def test_cli_vgg16_under_multi_worker_is_refused_in_one_line(invoke, tmp_path):
+    result = invoke(["train", "--arch", "vgg16", "--base-weights", "none", "--dataset", "digits", "--limit", "20",
+                     "--epochs", "1", "--distribute", "multi-worker"], expect_ok=False)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: --arch vgg16 does not train under --distribute multi-worker yet (its cached-feature head stage "
+        "fails under the strategy); use --distribute mirrored on one machine")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "saved_models").exists()
+
+
 def test_startup_line_says_whether_a_gpu_is_visible(tmp_path):
     env = _env(tmp_path, KERASALEX_SHOW_DEVICE="1")
     shown = subprocess.run([sys.executable, "-m", "kerasalex", "models"], cwd=tmp_path, env=env,
