@@ -224,10 +224,15 @@ class DiskImages:
             idx = np.flatnonzero(idx)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"DiskImages indices must be integers or booleans. Received dtype {idx.dtype}")
-        idx = np.where(idx < 0, idx + n, idx)
+        return self._read(self._checked(idx.reshape(-1))).reshape(*idx.shape, *self._shards.shape)
+
+    def _checked(self, idx: np.ndarray) -> np.ndarray:
+        """Integer indices with negatives counted from the end, bounds checked."""
+        n = len(self)
+        idx = np.where(idx < 0, idx + n, idx).astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"an index is out of bounds for {n} images")
-        return self._read(idx.reshape(-1)).reshape(*idx.shape, *self._shards.shape)
+        return idx
 
     def subset(self, idx) -> "DiskImages":
         """The images at ``idx`` (an int array; negatives count from the end),
@@ -239,12 +244,7 @@ class DiskImages:
         idx = np.asarray(idx)
         if idx.dtype.kind not in "iu" and idx.size:
             raise TypeError(f"DiskImages.subset takes integer indices. Received dtype {idx.dtype}")
-        n = len(self)
-        idx = idx.astype(np.int64).reshape(-1)
-        idx = np.where(idx < 0, idx + n, idx)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"an index is out of bounds for {n} images")
-        return DiskImages(self._shards, self._positions(idx))
+        return DiskImages(self._shards, self._positions(self._checked(idx.astype(np.int64).reshape(-1))))
 
     def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
         """The images in order, ``size`` at a time (default: 16 MiB of images),
