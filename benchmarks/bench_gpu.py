@@ -232,13 +232,14 @@ def run_config(spec: dict) -> dict:
     total = warmup + steps
     epochs_needed = -(-total // per_epoch) + 1
 
-    from kerasalex.models import training_model
+    from types import SimpleNamespace
 
-    model = arch.build(
-        num_classes=NUM_CLASSES, input_shape=(size, size, 3), class_names=None,
-        dropout=config.dropout, seed=0, weights=None, base_weights="none", freeze_base=config.freeze_base,
-    )
-    model = training_model(model, augment=config.augment, seed=0)  # what `train` fits
+    from kerasalex.training import build_training_model
+
+    # What `train` fits: the architecture with the run's options behind the
+    # training-only augmentation front (one builder for train, tune and this).
+    shape = SimpleNamespace(num_classes=NUM_CLASSES, image_shape=(size, size, 3), class_names=None)
+    model = build_training_model(config.replace(base_weights="none" if arch.weights_option == "base_weights" else None), shape, seed=0)
     compile_model(model, config, per_epoch, total_epochs=config.epochs)
     ds, _ = train_stream(split, batch, NUM_CLASSES, 0, 0, epochs_needed)
     timer = _Timer(keras, warmup // spe, total // spe)
