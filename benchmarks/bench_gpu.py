@@ -246,8 +246,11 @@ def run_config(spec: dict) -> dict:
     model.fit(ds, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[timer.callback])
     seconds = timer.marks[-1] - timer.marks[0]
     rate = steps * batch / seconds
-    pipe_ds, _ = train_stream(split, batch, NUM_CLASSES, 0, 0, epochs_needed)
-    pipe = _pipeline_rate(pipe_ds, min(200, max(20, steps)), 5)
+    # The pipeline alone reads 5 + pipe_batches batches: enough epochs for
+    # them even when --images is small (a short stream raised StopIteration).
+    pipe_batches = min(200, max(20, steps))
+    pipe_ds, _ = train_stream(split, batch, NUM_CLASSES, 0, 0, -(-(pipe_batches + 5) // per_epoch) + 1)
+    pipe = _pipeline_rate(pipe_ds, pipe_batches, 5)
     mem, mem_kind = _peak_memory_mb()
     return {
         "arch": spec["arch"], "precision": precision, "jit": spec["jit"], "jit_effective": bool(model.jit_compile),
