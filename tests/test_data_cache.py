@@ -336,3 +336,17 @@ def test_a_killed_writer_leaves_nothing_the_next_one_keeps(pets, tmp_path):
     F.scan_folder(pets, 16, storage="disk")
     assert not stale.exists() and live.exists()
     assert sorted(p.name for p in _caches(tmp_path)) == sorted([cache.name, live.name])
+
+
+def test_decode_progress_in_a_log_is_one_plain_line(tmp_path, capsys):
+    """Not a terminal (nohup, CI, a log file): the first-decode bar ends as one
+    line without ANSI codes, as fit() does with verbose=2."""
+    from kerasalex.data.decoding import ResizeRule
+
+    root = _folder(tmp_path / "pets")
+    files = sorted(root.rglob("*.png"))
+    list(F.decode_files(files, ResizeRule(8), workers=1, progress=True))
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out
+    assert f"{len(files)}/{len(files)}" in out
+    assert len([line for line in out.splitlines() if "/18" in line]) == 1

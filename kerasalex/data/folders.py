@@ -410,8 +410,11 @@ def _progress(n: int):
     import keras
 
     print(f"[kerasalex] decoding {n} images into the cache (once per folder, size and decoding options)", flush=True)
-    # (stdout, with Keras's bar; the one-line notes of _say go to stderr)
-    return keras.utils.Progbar(n, unit_name="image", interval=0.5 if sys.stdout.isatty() else 30.0)
+    # (stdout, with Keras's bar; the one-line notes of _say go to stderr). Not a
+    # terminal (a log file, nohup, CI): one plain line at the end (verbose=2),
+    # not a bar redrawn with ANSI codes, as fit() does.
+    tty = sys.stdout.isatty()
+    return keras.utils.Progbar(n, unit_name="image", interval=0.5 if tty else 30.0, verbose=1 if tty else 2)
 
 
 def _decode_into_cache(root: Path, files: Sequence[Path], y_all: np.ndarray, rule: ResizeRule, final: Path,
