@@ -229,10 +229,17 @@ def _check_onnx_ops(path: Path, model) -> None:
 
 
 def check_batch(image_shape, dataset: str | None = None, data_dir: str | None = None, limit: int | None = None,
-                class_names: Sequence[str] | None = None, seed: int = 0):
+                class_names: Sequence[str] | None = None, seed: int = 0, model_path=None):
     """(images, labels or None, where): ``limit`` images of ``dataset``'s test
-    split (an image folder without ``test/``: its held-out validation slice),
-    or :data:`CHECK_IMAGES` seeded random images."""
+    split, or :data:`CHECK_IMAGES` seeded random images.
+
+    An image folder without ``test/`` gives the images ``model_path`` held out
+    of it, as ``evaluate`` finds them
+    (:func:`kerasalex.provenance.held_out_split`: the model's recorded split
+    fraction, seed and limit), so the accuracies reported are on images it
+    never trained on. When that slice is unknown (no record, ``--val-split
+    0``, other data), the check still runs on a 10% slice for agreement, but
+    without labels: no accuracy is reported, and ``where`` says why."""
     h, w = int(image_shape[0]), int(image_shape[1])
     if dataset is None:
         n = limit or CHECK_IMAGES
@@ -245,8 +252,18 @@ def check_batch(image_shape, dataset: str | None = None, data_dir: str | None = 
     data = load_data(dataset, data_dir, image_size=h)
     if class_names is not None:
         check_classes(class_names, data.class_names, "the model", dataset)
+    labelled = True
     if evaluation_split(dataset) == "val":
-        split, where = carve_validation(data, 0.1).val, f"{data.name}, held-out validation slice"
+        from kerasalex.provenance import held_out_split
+
+        try:
+            if model_path is None:
+                raise ValueError("no model file to read its held-out slice from")
+            split, _ = held_out_split(model_path, data, dataset)
+            where = f"{data.name}, the model's held-out validation slice"
+        except ValueError as e:
+            split, labelled = carve_validation(data, 0.1).val, False
+            where = f"{data.name}, a 10% slice (no accuracy: which images the model held out is unknown: {e})"
     else:
         split, where = data.test, f"{data.name} test"
     if split is None or not len(split):
@@ -257,7 +274,7 @@ def check_batch(image_shape, dataset: str | None = None, data_dir: str | None = 
         from PIL import Image
 
         x = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in x[:n]])
-    return np.ascontiguousarray(x[:n]), np.asarray(y[:n]), f"{n} images of {where}"
+    return np.ascontiguousarray(x[:n]), (np.asarray(y[:n]) if labelled else None), f"{n} images of {where}"
 
 
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray | None = None) -> dict:
@@ -333,7 +350,7 @@ def export_model(
     model_path = Path(model_path)
     output, model, names, shape = _open_for_export(model_path, fmt, output, quantize, overwrite, image_size)
     t0 = time.perf_counter()
-    x, labels, where = check_batch(shape, dataset, data_dir, limit, names)
+    x, labels, where = check_batch(shape, dataset, data_dir, limit, names, model_path=model_path)
     graph = export_graph(float32_model(model), shape)
     # Called batch by batch (the same values as predict in float32, without a retrace per export).
     reference = np.concatenate(

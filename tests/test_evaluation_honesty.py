@@ -268,3 +268,21 @@ def test_predict_many_files_reads_them_through_the_decode_cache(work, monkeypatc
     again = E.predict(cwd / "saved_models" / "split.keras", [str(imgs)])  # read back, not decoded again
     assert again["predictions"] == cached["predictions"]
     assert len(set((cwd / "cache" / "folders").iterdir()) - before) == 1
+
+
+def test_export_checks_on_the_models_own_held_out_slice(work):
+    """export --dataset on a folder without test/: the check batch is the
+    slice the model held out (val_split 0.2 here, not a fixed 10%), and a
+    model that held out nothing is checked without an accuracy."""
+    cwd, _ = work
+    from kerasalex.data import load_data
+    from kerasalex.export import check_batch
+    from kerasalex.provenance import held_out_split
+
+    flat = str(cwd / "flat")
+    x, y, where = check_batch((16, 16), flat, model_path=cwd / "saved_models" / "held.keras")
+    held, _ = held_out_split(cwd / "saved_models" / "held.keras", load_data(flat, image_size=16), flat)
+    assert len(y) == 6 and np.array_equal(x, held.x) and np.array_equal(y, held.y)
+    assert "the model's held-out validation slice" in where
+    x, y, where = check_batch((16, 16), flat, model_path=cwd / "saved_models" / "zero.keras")
+    assert y is None and len(x) == 3 and "no accuracy" in where and "--val-split 0" in where
