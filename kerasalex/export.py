@@ -237,9 +237,10 @@ def check_batch(image_shape, dataset: str | None = None, data_dir: str | None = 
     of it, as ``evaluate`` finds them
     (:func:`kerasalex.provenance.held_out_split`: the model's recorded split
     fraction, seed and limit), so the accuracies reported are on images it
-    never trained on. When that slice is unknown (no record, ``--val-split
-    0``, other data), the check still runs on a 10% slice for agreement, but
-    without labels: no accuracy is reported, and ``where`` says why."""
+    never trained on. When there is no such slice (``--val-split 0``) or it
+    is unknown (no record, other data), the check still runs on a 10% slice
+    for agreement, but without labels: no accuracy is reported, and
+    ``where`` says why."""
     h, w = int(image_shape[0]), int(image_shape[1])
     if dataset is None:
         n = limit or CHECK_IMAGES
@@ -263,7 +264,8 @@ def check_batch(image_shape, dataset: str | None = None, data_dir: str | None = 
             where = f"{data.name}, the model's held-out validation slice"
         except ValueError as e:
             split, labelled = carve_validation(data, 0.1).val, False
-            where = f"{data.name}, a 10% slice (no accuracy: which images the model held out is unknown: {e})"
+            # (why, in full, is evaluate's message for the same model)
+            where = f"{data.name}, a 10% slice the model may have trained on (no accuracy reported: {_first_clause(e)})"
     else:
         split, where = data.test, f"{data.name} test"
     if split is None or not len(split):
@@ -275,6 +277,11 @@ def check_batch(image_shape, dataset: str | None = None, data_dir: str | None = 
 
         x = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in x[:n]])
     return np.ascontiguousarray(x[:n]), (np.asarray(y[:n]) if labelled else None), f"{n} images of {where}"
+
+
+def _first_clause(e: Exception) -> str:
+    """An error's message up to its advice (``;``): the reason alone."""
+    return str(e).split(";", 1)[0]
 
 
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray | None = None) -> dict:
