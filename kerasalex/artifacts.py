@@ -24,7 +24,7 @@ REQUIRED_MODULES = {
     "litert": ("ai_edge_litert",),
     "onnx": ("tf2onnx", "onnx", "onnxruntime"),
 }
-INSTALL_HINT = 'pip install "kerasalex[export]"'
+INSTALL_HINT = 'pip install "kerasalex[export]" (in a clone: pip install -e ".[export]")'
 INFO_NAME = "kerasalex.json"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"

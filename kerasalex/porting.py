@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 INSTALL_HINT = (
-    'pip install "kerasalex[torch]" (CPU-only wheel: pip install torch==2.13.0 '
+    'pip install "kerasalex[torch]" (in a clone: pip install -e ".[torch]"; CPU-only wheel: pip install torch==2.13.0 '
     "--index-url https://download.pytorch.org/whl/cpu)"
 )
 

@@ -184,7 +184,8 @@ def test_recipe_study_is_the_studys(tmp_path):
 
 
 def test_train_study_recipe_records_resolved_options(tmp_path, tiny_alexnet):
-    invoke(["train", "--recipe", "study", *FAST, "--limit", "60", "--epochs", "1", "--run-dir", "r"], tmp_path)
+    out = invoke(["train", "--recipe", "study", *FAST, "--limit", "60", "--epochs", "1", "--run-dir", "r"], tmp_path).output
+    assert "Done: 1 epoch in " in out  # not "1 epochs"
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
     assert cfg["batch_size"] == 32  # given
     assert cfg["lr"] == 0.001 and cfg["augment"] is False and cfg["recipe"] == "study"

@@ -64,7 +64,7 @@ def train(arch, recipe, hparams, resume, **options):
     else:  # --val-split 0: nothing was held out, say so instead of "val_accuracy nan"
         score = (f"training accuracy {acc:.4f} " if acc is not None and acc == acc else "") + "(no validation: --val-split 0)"
     click.echo(
-        f"Done: {s['epochs']} epochs in {s['train_seconds']:.0f}s, {score}, "
+        f"Done: {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} in {s['train_seconds']:.0f}s, {score}, "
         f"{s.get('mean_images_per_second')} images/s. Model: {result.model_path}"
         + "".join(f"\nWarning: {w}" for w in s.get("warnings") or [])
     )
