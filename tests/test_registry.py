@@ -134,7 +134,7 @@ def test_recipes_come_from_the_rows():
             config = resolve_config(arch=name, recipe=recipe).to_dict()
             expected = {**TrainConfig().to_dict(), **RECIPES[recipe], **a.recipe(recipe), "arch": name, "recipe": recipe}
             assert config == expected, (name, recipe)
-    assert resolve_config(arch="alexnet").min_steps == 1000
+    assert resolve_config(arch="alexnet").min_steps == 2500
     assert resolve_config(arch="alexnet-torch").lr == 0.01
     assert resolve_config(arch="alexnet-torch", recipe="study").dropout == 0.5
     assert resolve_config(arch="vgg16").unfreeze_from == "block5_conv1"
