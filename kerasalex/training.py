@@ -401,7 +401,7 @@ def _fit_to_data(config: TrainConfig, n_train: int, saved_resolved: dict):
     short = is_short_run(config.batch_size, n_train, config.epochs, config.min_steps)
     if short and config.short_run_dropout is not None and config.dropout != config.short_run_dropout:
         _say(f"dropout {config.short_run_dropout:g} (not {config.dropout:g}): a run of fewer than {config.min_steps} "
-             f"steps underfits, and dropout only slows it; --dropout R keeps R")
+             f"steps at batch {config.batch_size} underfits, and dropout only slows it; --dropout R keeps R")
         config = config.replace(dropout=config.short_run_dropout)
     batch = auto_batch_size(config.batch_size, n_train, config.epochs, config.min_steps)
     # Resuming, config.json already holds the adapted values: keep what the

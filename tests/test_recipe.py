@@ -237,6 +237,8 @@ def test_a_resumed_short_run_keeps_what_its_first_start_resolved(tmp_path):
             "--precision", "float32", "--epochs", "2", "--run-dir", "run", "-o", "run.keras"]
     killed = run_tiny_kerasalex(args, cwd=tmp_path, prelude=KILL_AT_EPOCH.format(kill_at=1))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # The line names the batch the step count is measured at (the recipe's, not the chosen 16).
+    assert "fewer than 2500 steps at batch 128 underfits" in killed.stdout + killed.stderr
     first = json.loads((tmp_path / "run" / "config.json").read_text())
     assert first["resolved"]["short_run"] is True and first["resolved"]["dropout"] == 0.0
     assert first["config"]["batch_size"] == 16 and first["resolved"]["batch_size_before_min_steps"] == 128
