@@ -264,8 +264,8 @@ def check_batch(image_shape, dataset: str | None = None, data_dir: str | None = 
             where = f"{data.name}, the model's held-out validation slice"
         except ValueError as e:
             split, labelled = carve_validation(data, 0.1).val, False
-            # (why, in full, is evaluate's message for the same model)
-            where = f"{data.name}, a 10% slice the model may have trained on (no accuracy reported: {_first_clause(e)})"
+            # the reason alone: evaluate's advice is not for export
+            where = f"{data.name}, a 10% slice the model may have trained on (no accuracy reported: {getattr(e, 'reason', e)})"
     else:
         split, where = data.test, f"{data.name} test"
     if split is None or not len(split):
@@ -277,11 +277,6 @@ def check_batch(image_shape, dataset: str | None = None, data_dir: str | None = 
 
         x = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in x[:n]])
     return np.ascontiguousarray(x[:n]), (np.asarray(y[:n]) if labelled else None), f"{n} images of {where}"
-
-
-def _first_clause(e: Exception) -> str:
-    """An error's message up to its advice (``;``): the reason alone."""
-    return str(e).split(";", 1)[0]
 
 
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray | None = None) -> dict:

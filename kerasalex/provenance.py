@@ -107,6 +107,16 @@ def _old_run_config(model_path) -> dict | None:
         return None
 
 
+class HeldOutUnknown(ValueError):
+    """The images a model held out of a dataset cannot be given: ``reason``
+    says why, ``advice`` what to do instead; the message is both, joined by
+    ``"; "``."""
+
+    def __init__(self, reason: str, advice: str = ""):
+        super().__init__(f"{reason}; {advice}" if advice else reason)
+        self.reason, self.advice = reason, advice
+
+
 def held_out_split(model_path, data, dataset: str, val_split: float | None = None, log=None):
     """The images ``model_path`` held out of ``data``'s training split: never
     trained on.
@@ -125,7 +135,7 @@ def held_out_split(model_path, data, dataset: str, val_split: float | None = Non
         (split, description) where ``description`` says what was found.
 
     Raises:
-        ValueError: (one line) the model held out nothing (``--val-split 0``),
+        HeldOutUnknown: (a ValueError; one line) the model held out nothing (``--val-split 0``),
             a different fraction was asked for, the data is not what the model
             was trained on, or the model carries no record and no fraction was given.
     """
@@ -135,30 +145,32 @@ def held_out_split(model_path, data, dataset: str, val_split: float | None = Non
     if rec is None:
         cfg = _old_run_config(model_path)
         if val_split is None and cfg is None:
-            raise ValueError(
+            raise HeldOutUnknown(
                 f"{model_path} carries no record of its training data (saved by an older kerasalex or by plain Keras), "
-                f"so which images of {dataset} it never saw is unknown; evaluate it on a dataset with a test split, "
-                f"or pass --val-split F if you know it held out that fraction"
+                f"so which images of {dataset} it never saw is unknown",
+                "evaluate it on a dataset with a test split, or pass --val-split F if you know it held out that fraction",
             )
         vs = float(val_split if val_split is not None else cfg.get("val_split", 0.1))
         limit = cfg.get("limit") if cfg else None
         if vs <= 0:
-            raise ValueError(f"{model_path} was trained with --val-split 0: no held-out images to evaluate on; "
-                             f"evaluate it on a dataset with a test split")
+            raise HeldOutUnknown(f"{model_path} was trained with --val-split 0: no held-out images to evaluate on",
+                                 "evaluate it on a dataset with a test split")
         val = carve_validation(data, vs, limit).val
         if val is None:
-            raise ValueError(f"no held-out validation images in {dataset} with val_split={vs}")
+            raise HeldOutUnknown(f"no held-out validation images in {dataset} with val_split={vs}")
         return val, f"val_split={vs}"
     rv = float(rec.get("val_split") or 0.0)
     if not rv or not rec.get("val_images"):
-        raise ValueError(
+        raise HeldOutUnknown(
             f"{model_path} was trained on all of {rec.get('dataset', dataset)} (--val-split {rv:g}): no held-out images "
-            f"to evaluate on; evaluate it on a dataset with a test split (a folder with train/ and test/)"
+            f"to evaluate on",
+            "evaluate it on a dataset with a test split (a folder with train/ and test/)",
         )
     if val_split is not None and abs(float(val_split) - rv) > 1e-9:
-        raise ValueError(
-            f"{model_path} held out val_split={rv:g} of its data; --val-split {val_split:g} would score images it "
-            f"was trained on (or skip some it never saw). Leave --val-split out to use the model's own {rv:g}"
+        raise HeldOutUnknown(
+            f"{model_path} held out val_split={rv:g} of its data",
+            f"--val-split {val_split:g} would score images it "
+            f"was trained on (or skip some it never saw). Leave --val-split out to use the model's own {rv:g}",
         )
     if fingerprint(data.train) == rec.get("fingerprint"):
         val = carve_validation(data, rv, rec.get("limit")).val
@@ -175,11 +187,13 @@ def held_out_split(model_path, data, dataset: str, val_split: float | None = Non
                 if log:
                     log(f"{dataset} changed since training: {len(idx)} of the {len(want)} images {model_path} held out are still there")
             return data.train.take(idx), note
-        raise ValueError(
+        raise HeldOutUnknown(
             f"none of the {len(want)} images {model_path} held out are in {dataset} (it was trained on "
-            f"{rec.get('dataset')}); if {dataset} holds only images the model never saw, pass --split test to score all of them"
+            f"{rec.get('dataset')})",
+            f"if {dataset} holds only images the model never saw, pass --split test to score all of them",
         )
-    raise ValueError(
+    raise HeldOutUnknown(
         f"{dataset} is not the data {model_path} was trained on ({rec.get('dataset')}, {rec.get('images')} images; "
-        f"its images or their order differ), so its held-out slice cannot be found; evaluate it on a test split"
+        f"its images or their order differ), so its held-out slice cannot be found",
+        "evaluate it on a test split",
     )
