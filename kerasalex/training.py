@@ -96,8 +96,18 @@ def resolve_precision(precision: str) -> str:
     return "float32"
 
 
-# The CPU the registry's cpu_images_per_second figures were measured on.
+# The CPUs the registry's cpu_images_per_second figures were measured on:
+# keys without a suffix on the first, keys ending in ":avx2" on the second
+# (float32 on a CPU without AVX-512, where oneDNN has half the vector width).
 MEASURED_ON = "2 vCPUs of an AMD EPYC (AVX512-BF16)"
+MEASURED_ON_AVX2 = "2 vCPUs of an AMD EPYC (AVX2, no AVX-512)"
+
+
+def cpu_figure_key(policy: str) -> str:
+    """The ``cpu_images_per_second`` key for ``policy`` on this CPU:
+    ``"float32:avx2"`` for float32 on a CPU without ``avx512f``, else the
+    policy itself."""
+    return f"{policy}:avx2" if policy == "float32" and "avx512f" not in cpu_flags() else policy
 
 
 def explain_precision(requested: str, policy: str, arch: str | None = None) -> str:
@@ -111,7 +121,9 @@ def explain_precision(requested: str, policy: str, arch: str | None = None) -> s
 
     Example:
         ``precision float32 (auto: this CPU has no bfloat16 units, no avx512_bf16/amx_bf16 flag);
-        expect ~137 images/s or less (measured on 2 vCPUs of an AMD EPYC (AVX512-BF16): benchmarks/bench_gpu.py)``
+        expect ~137 images/s or less at batch 128 and 32 px (measured on 2 vCPUs of an AMD EPYC
+        (AVX512-BF16): benchmarks/bench_gpu.py)``; on a CPU without AVX-512 the
+        figure measured on one (:func:`cpu_figure_key`).
     """
     if requested != "auto":
         why = "as --precision asked"
@@ -138,11 +150,13 @@ def explain_precision(requested: str, policy: str, arch: str | None = None) -> s
     from kerasalex.models import ARCHITECTURES
 
     row = ARCHITECTURES.get(arch) if arch else None
-    figure = row.cpu_images_per_second.get(policy) if row is not None else None
+    key = cpu_figure_key(policy)
+    figure = row.cpu_images_per_second.get(key) if row is not None else None
     if figure is not None and not gpu_devices():
         speed, source = figure
+        machine = MEASURED_ON_AVX2 if key.endswith(":avx2") else MEASURED_ON
         line += (f"; expect ~{speed:.0f} images/s or less at batch 128 and {row.image_size} px "
-                 f"(measured on {MEASURED_ON}: {source})")
+                 f"(measured on {machine}: {source})")
     return line
 
 

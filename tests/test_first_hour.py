@@ -144,10 +144,18 @@ def test_a_run_prints_its_precision_and_why(run, monkeypatch):
     _, _, output = run
     assert "precision float32 (as --precision asked)" in output
     monkeypatch.setattr(T, "gpu_devices", lambda: [])
-    monkeypatch.setattr(T, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(T, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
     line = T.explain_precision("auto", T.resolve_precision("auto"), "alexnet")
     assert line.startswith("precision float32 (auto: this CPU has no bfloat16 units")
-    assert "expect ~137 images/s" in line and "benchmarks/bench_gpu.py" in line
+    assert "expect ~137 images/s" in line and "benchmarks/bench_gpu.py" in line and "(AVX512-BF16)" in line
+    # float32 without AVX-512 (an AVX2-only CPU): the figure measured on one, not the AVX-512 machine's
+    monkeypatch.setattr(T, "cpu_flags", lambda: {"avx2", "fma"})
+    line = T.explain_precision("auto", T.resolve_precision("auto"), "alexnet")
+    from kerasalex.models import ARCHITECTURES
+
+    speed, _ = ARCHITECTURES["alexnet"].cpu_images_per_second["float32:avx2"]
+    assert f"expect ~{speed:.0f} images/s" in line and "(AVX2, no AVX-512)" in line
+    assert speed < 137
     monkeypatch.setattr(T, "cpu_flags", lambda: {"avx512_bf16"})
     line = T.explain_precision("auto", T.resolve_precision("auto"), "alexnet")
     assert line.startswith("precision mixed_bfloat16 (auto: this CPU has bfloat16 units, avx512_bf16)")

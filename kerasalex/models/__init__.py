@@ -70,8 +70,10 @@ class Architecture:
             study's default model list.
         cpu_images_per_second: precision policy -> (training images/s at
             batch 128 and its image size, where it was measured) on the
-            reference CPU (:data:`kerasalex.training.MEASURED_ON`), quoted
-            by a run's first line.
+            reference CPU (:data:`kerasalex.training.MEASURED_ON`; keys
+            ending in ``":avx2"``: float32 on a CPU without AVX-512,
+            :data:`kerasalex.training.MEASURED_ON_AVX2`), quoted by a run's
+            first line.
         study_weights_flag: the ``kerasalex study`` option (without ``--``)
             that passes its pretrained weights, when it has one.
         recipes: its values per recipe (``{"default": {...}, "study":
@@ -167,9 +169,13 @@ ARCHITECTURES: dict[str, Architecture] = {
             # vCPUs of an AMD EPYC with AVX512-BF16, no GPU: what a run's
             # first line quotes. bfloat16: the README's 30-epoch CIFAR-10
             # run; float32: benchmarks/bench_gpu.py on 5,000 CIFAR-10 images.
+            # "float32:avx2": 2 vCPUs of an AMD EPYC with AVX2 and no AVX-512
+            # (kerasalex.training.MEASURED_ON_AVX2), the first epoch of a
+            # CIFAR-10 run (45,000 images, batch 128; history.csv).
             cpu_images_per_second={
                 "mixed_bfloat16": (225.6, "the README's 30-epoch CIFAR-10 run"),
                 "float32": (137.0, "benchmarks/bench_gpu.py"),
+                "float32:avx2": (34.8, "an epoch of the README's 5-epoch batch-128 CIFAR-10 run"),
             },
             recipes={
                 # At least 2,500 optimizer steps per run (see
