@@ -123,7 +123,10 @@ def held_out_split(model_path, data, dataset: str, val_split: float | None = Non
 
     The model's own record (:func:`training_record`) decides: its split
     fraction, split seed and ``--limit``, and the data's fingerprint; a folder
-    that changed since training is matched by the held-out files' paths.
+    that changed since training is matched by the held-out files' paths and,
+    where the model records them (``held_out_digests``; older models match
+    by path alone), their pixels: a file under a held-out name that now
+    holds another image is left out.
 
     Args:
         data: the dataset as :func:`kerasalex.data.load_data` gives it with the
@@ -137,9 +140,10 @@ def held_out_split(model_path, data, dataset: str, val_split: float | None = Non
     Raises:
         HeldOutUnknown: (a ValueError; one line) the model held out nothing (``--val-split 0``),
             a different fraction was asked for, the data is not what the model
-            was trained on, or the model carries no record and no fraction was given.
+            was trained on, every file under a held-out name now holds another
+            image, or the model carries no record and no fraction was given.
     """
-    from kerasalex.data import carve_validation, fingerprint
+    from kerasalex.data import carve_validation, fingerprint, image_digests
 
     rec = training_record(model_path)
     if rec is None:
@@ -180,12 +184,31 @@ def held_out_split(model_path, data, dataset: str, val_split: float | None = Non
     if held and data.train.ids is not None:
         want = set(held)
         idx = [i for i, name in enumerate(data.train.ids) if name in want]
+        digests = rec.get("held_out_digests")
+        changed = 0
+        if idx and digests and len(digests) == len(held):
+            # the same name is not the same image: keep those whose pixels are the held-out ones
+            expected = dict(zip(held, digests))
+            now = image_digests(data.train.take(idx))
+            same = [i for i, d in zip(idx, now) if expected[data.train.ids[i]] == d]
+            changed = len(idx) - len(same)
+            idx = same
+            if not idx:
+                raise HeldOutUnknown(
+                    f"the {changed} images of {dataset} under the names {model_path} held out all differ from the "
+                    f"images it held out (edited, re-exported or renamed files), so none is known to be unseen",
+                    f"if {dataset} holds only images the model never saw, pass --split test to score all of them",
+                )
         if idx:
             note = f"val_split={rv:g}"
             if len(idx) < len(want):
                 note += f"; {len(idx)} of the {len(want)} held-out images are still in {dataset}"
+                if changed:
+                    note += f" ({changed} under a held-out name differ from it: left out)"
                 if log:
-                    log(f"{dataset} changed since training: {len(idx)} of the {len(want)} images {model_path} held out are still there")
+                    log(f"{dataset} changed since training: {len(idx)} of the {len(want)} images {model_path} held out "
+                        f"are still there" + (f"; {changed} files under their names hold other images and are left out"
+                                              if changed else ""))
             return data.train.take(idx), note
         raise HeldOutUnknown(
             f"none of the {len(want)} images {model_path} held out are in {dataset} (it was trained on "

@@ -110,6 +110,46 @@ def test_a_changed_folder_still_yields_only_held_out_files(work):
     assert report["test_images"] == len(held) == 6  # the added file was not scored: it is not held out
 
 
+def test_a_file_under_a_held_out_name_that_holds_another_image_is_not_scored(work):
+    """A re-exported or edited folder can put a trained-on image under a
+    held-out file name: matched by name alone, it would be scored as unseen."""
+    cwd, _ = work
+    from kerasalex.files import read_model_metadata
+
+    rec = read_model_metadata(cwd / "saved_models" / "held.keras")["training_data"]
+    held = rec["held_out"]
+    assert len(rec["held_out_digests"]) == len(held) == 6
+    assert all(len(d) == 8 and int(d, 16) >= 0 for d in rec["held_out_digests"])
+    trained = sorted({str(p.relative_to(cwd / "flat")) for p in (cwd / "flat").rglob("*.png")} - set(held))
+    shutil.copytree(cwd / "flat", cwd / "flat3")
+    same_class = [t for t in trained if t.split("/")[0] == held[0].split("/")[0]]
+    shutil.copyfile(cwd / "flat3" / same_class[0], cwd / "flat3" / held[0])  # a trained-on image, a held-out name
+    r = invoke(["evaluate", "saved_models/held.keras", "--dataset", "flat3", "--output-dir", "e3"], cwd)
+    report = json.loads((cwd / "e3" / "evaluation.json").read_text())
+    assert report["test_images"] == 5
+    assert "5 of the 6 held-out images are still in flat3 (1 under a held-out name differ from it: left out)" in r.output
+    # every held-out name holding another image: nothing is known to be unseen, refused in one line
+    for i, name in enumerate(held):
+        a = np.full((16, 16, 3), 40 * i, np.uint8)
+        Image.fromarray(a).save(cwd / "flat3" / name)
+    r = invoke(["evaluate", "saved_models/held.keras", "--dataset", "flat3", "--output-dir", "e4"], cwd, expect=1)
+    assert "all differ from the images it held out" in r.output and "--split test" in r.output
+    assert not (cwd / "e4" / "evaluation.json").exists()
+
+
+def test_image_digests_follow_the_pixels():
+    from kerasalex.data import Split, image_digests
+
+    x = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    split = Split(x, np.zeros(5, np.int32))
+    d = image_digests(split, size=2)  # read in blocks: the same digests as one block
+    assert d == image_digests(split) and len(set(d)) == 5
+    y = x.copy()
+    y[3, 0, 0, 0] ^= 1  # one bit of one image
+    changed = image_digests(Split(y, split.y))
+    assert [a == b for a, b in zip(d, changed)] == [True, True, True, False, True]
+
+
 def test_train_does_not_read_test_and_evaluate_scores_a_subset_of_classes(work):
     cwd, out = work
     assert "Done:" in out["split"]

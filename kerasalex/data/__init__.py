@@ -82,7 +82,15 @@ from kerasalex.data.pipeline import (
     steps_per_epoch,
     train_stream,
 )
-from kerasalex.data.splits import SPLIT_SEED, ImageData, Split, carve_validation, fingerprint, stratified_sample
+from kerasalex.data.splits import (
+    SPLIT_SEED,
+    ImageData,
+    Split,
+    carve_validation,
+    fingerprint,
+    image_digests,
+    stratified_sample,
+)
 __all__ = [
     "ALPHA_BACKGROUND",
     "carve_validation",
@@ -101,6 +109,7 @@ __all__ = [
     "epoch_order",
     "eval_dataset",
     "fingerprint",
+    "image_digests",
     "folder_layout",
     "FolderScan",
     "has_test_split",
@@ -270,7 +279,8 @@ def training_data_record(source: ImageData, carved: ImageData, rule: ResizeRule,
     metadata and the run's config.json): the dataset, the split rule
     (``val_split``, the fixed split seed, ``limit``), a fingerprint of the
     images the split was carved from, and the held-out images (their
-    fingerprint and, for a folder, their paths), so :func:`kerasalex.evaluation.held_out_split`
+    fingerprint and, for a folder, their paths and per-image digests,
+    :func:`~kerasalex.data.splits.image_digests`), so :func:`kerasalex.evaluation.held_out_split`
     finds exactly the images the model never saw."""
     val = carved.val
     held = val.ids if val is not None and val.ids is not None and len(val.ids) <= MAX_HELD_OUT_NAMES else None
@@ -286,5 +296,7 @@ def training_data_record(source: ImageData, carved: ImageData, rule: ResizeRule,
         "val_images": len(val) if val is not None else 0,
         "held_out_fingerprint": fingerprint(val) if val is not None else None,
         "held_out": held,
+        # each held-out image's pixel digest, beside its path (a changed folder is matched by both)
+        "held_out_digests": image_digests(val) if held is not None else None,
         "preprocessing": rule.to_dict(),
     }

@@ -81,6 +81,27 @@ def fingerprint(split: Split) -> str:
     return h.hexdigest()
 
 
+def image_digests(split: Split, size: int = 1024) -> list[str]:
+    """Each image's own digest: 8 hex digits of BLAKE2b (32 bits) over its
+    decoded uint8 pixels, in order. A model records them beside its held-out
+    paths, so a folder that changed since training is matched by name *and*
+    content (:func:`kerasalex.provenance.held_out_split`): an image that now
+    sits under a held-out name but differs (a renumbered export, an edited
+    file) is not taken for one the model never saw.
+
+    Args:
+        split: the images (numpy array or images on disk, read ``size`` at a time).
+
+    Returns:
+        One 8-character hex string per image.
+    """
+    out: list[str] = []
+    for i in range(0, len(split), size):
+        block = np.ascontiguousarray(split.x[i : i + size], dtype=np.uint8)
+        out.extend(hashlib.blake2b(a.tobytes(), digest_size=4).hexdigest() for a in block)
+    return out
+
+
 def stratified_sample(y: np.ndarray, n: int, seed: int = SPLIT_SEED) -> np.ndarray:
     """Sorted indices of a seeded, stratified sample of ``n`` of the labels ``y``.
 
