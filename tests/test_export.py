@@ -379,3 +379,41 @@ def test_the_builders_preprocessing_exports_to_onnx_on_images_alone(tmp_path):
         import onnxruntime as ort
 
         assert [i.name for i in ort.InferenceSession(str(tmp_path / f"{name}.onnx")).get_inputs()] == ["image"]
+
+
+def test_the_repeat_check_compares_calls_of_the_same_shape(monkeypatch, tmp_path):
+    """An artifact's outputs may differ in the last bits between batch sizes
+    (oneDNN float32 on an AVX2-only CPU: 8 vs 64 images); that is not
+    randomness. One whose outputs change between identical calls is refused."""
+    from kerasalex import export as E
+
+    x = np.random.default_rng(0).integers(0, 256, (120, 16, 16, 3), dtype=np.uint8)
+    base = np.random.default_rng(1).dirichlet(np.ones(10), 120).astype(np.float32)
+
+    class ShapeDependent:  # deterministic per call shape, last-bit differences across shapes
+        def __init__(self, *a):
+            pass
+
+        def ops(self):
+            return []
+
+        def predict(self, x, batch_size=E.BATCH):
+            out = []
+            for i in range(0, len(x), batch_size):
+                n = len(x[i : i + batch_size])
+                out.append(base[i : i + n] * np.float32(1 + 1e-6 * (n % 5)))
+            return np.concatenate(out)
+
+    class Random(ShapeDependent):
+        calls = 0
+
+        def predict(self, x, batch_size=E.BATCH):
+            Random.calls += 1
+            return super().predict(x, batch_size) * np.float32(1 + 1e-3 * Random.calls)
+
+    monkeypatch.setattr(E, "Artifact", ShapeDependent)
+    figures = E._check_artifact(tmp_path / "a", "onnx", x, base, None, False, tmp_path / "m.keras", "120 images")
+    assert figures["max_prob_diff"] < 1e-5
+    monkeypatch.setattr(E, "Artifact", Random)
+    with pytest.raises(E.ExportError, match="gives different outputs for the same images"):
+        E._check_artifact(tmp_path / "a", "onnx", x, base, None, False, tmp_path / "m.keras", "120 images")
