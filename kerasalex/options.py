@@ -77,8 +77,8 @@ TRAIN_OPTIONS: dict[str, Option] = {
                    help="Epochs in all [recipe]; vgg16: head + fine-tuning epochs, split 10:8 as the recipe's "
                         "unless --fine-tune-epochs says how many fine-tune."),
     "batch_size": _opt("--batch-size", type=click.IntRange(min=1), default=None,
-                       help="Global batch size, kept as given [recipe; the default recipe halves its 128 (down to 16) "
-                            "until the run has 2,500 steps]."),
+                       help="Global batch size, kept as given [recipe; alexnet's default recipe: 64, halved (down to "
+                            "16) until the run has 2,500 steps]."),
     "optimizer": _opt("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [recipe]."),
     "lr": _opt("--lr", type=float, default=None, help="Peak learning rate [recipe]."),
     "momentum": _opt("--momentum", type=float, default=None, help="SGD momentum [recipe]."),

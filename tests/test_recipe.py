@@ -74,16 +74,30 @@ def test_small_datasets_get_a_smaller_batch_unless_the_user_chose_one():
     assert auto_batch_size(128, 1293, 5, 0) == 128
     default = resolve_config("alexnet", "default")
     assert default.min_steps > 0
-    # The recipe's value: a short budget on CIFAR-10's 45,000 images trains at
-    # batch 64 (5 epochs: 81.0% held-out vs 77.0% at 128, README), 8+ epochs at 128.
-    assert [auto_batch_size(128, 45000, e, default.min_steps) for e in (4, 5, 7, 8, 30)] == [64, 64, 64, 128, 128]
+    # The recipe's values: batch 64 (5 epochs of CIFAR-10: 81.0% held-out vs
+    # 77.0% at 128, README), halved only for 3 epochs or fewer of its 45,000 images.
+    assert (default.batch_size, default.dropout) == (64, 0.0)
+    assert [auto_batch_size(default.batch_size, 45000, e, default.min_steps) for e in (3, 4, 5, 8, 30)] == [32, 64, 64, 64, 64]
     assert resolve_config("alexnet", "default", batch_size=128).min_steps == 0
     assert resolve_config("alexnet", "default", hparams={"batch_size": 64}).min_steps == 0
     assert resolve_config("alexnet", "study").min_steps == 0
-    # A short run drops dropout, unless the user set one.
-    assert default.short_run_dropout == 0.0
-    assert resolve_config("alexnet", "default", dropout=0.5).short_run_dropout is None
+    # A recipe's short-run dropout holds unless the user set a dropout.
+    assert resolve_config("alexnet", "default", hparams={"short_run_dropout": 0.0}).short_run_dropout == 0.0
+    assert resolve_config("alexnet", "default", hparams={"short_run_dropout": 0.0}, dropout=0.5).short_run_dropout is None
     assert resolve_config("alexnet", "study").short_run_dropout is None
+
+
+def test_a_short_run_takes_the_recipes_short_run_dropout_and_says_so(capsys):
+    from kerasalex.config import TrainConfig
+    from kerasalex.training import _fit_to_data
+
+    recipe = TrainConfig(batch_size=128, dropout=0.5, min_steps=2500, short_run_dropout=0.0, epochs=5)
+    config, short, recipe_batch, _ = _fit_to_data(recipe, 1293, {})
+    assert (config.dropout, config.batch_size, short, recipe_batch) == (0.0, 16, True, 128)
+    assert "dropout 0 (not 0.5): a run of fewer than 2500 steps at batch 128 underfits" in capsys.readouterr().out
+    # A long run keeps both.
+    config, short, _, _ = _fit_to_data(recipe, 450_000, {})
+    assert (config.dropout, config.batch_size, short) == (0.5, 128, False)
 
 
 # --------------------------------------------------------------------------
@@ -172,7 +186,7 @@ def test_digits_default_recipe_five_epochs_reaches_95_percent_and_warns_nothing(
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["warnings"] == []
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
-    assert resolved["batch_size_before_min_steps"] == 128 and resolved["batch_size"] < 128
+    assert resolved["batch_size_before_min_steps"] == 64 and resolved["batch_size"] < 64
     assert resolved["short_run"] is True and resolved["dropout"] == 0.0
     e = cli_in(tmp_path, ["evaluate", "digits.keras", "--dataset", "digits", "--output-dir", "eval"])
     assert e.exit_code == 0, e.output[-2000:]
@@ -237,11 +251,11 @@ def test_a_resumed_short_run_keeps_what_its_first_start_resolved(tmp_path):
             "--precision", "float32", "--epochs", "2", "--run-dir", "run", "-o", "run.keras"]
     killed = run_tiny_kerasalex(args, cwd=tmp_path, prelude=KILL_AT_EPOCH.format(kill_at=1))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    # The line names the batch the step count is measured at (the recipe's, not the chosen 16).
-    assert "fewer than 2500 steps at batch 128 underfits" in killed.stdout + killed.stderr
+    # The line names the batch the recipe asked for, and the one chosen.
+    assert "batch size 16 (not 64)" in killed.stdout + killed.stderr
     first = json.loads((tmp_path / "run" / "config.json").read_text())
     assert first["resolved"]["short_run"] is True and first["resolved"]["dropout"] == 0.0
-    assert first["config"]["batch_size"] == 16 and first["resolved"]["batch_size_before_min_steps"] == 128
+    assert first["config"]["batch_size"] == 16 and first["resolved"]["batch_size_before_min_steps"] == 64
     resumed = tiny_cli_in(tmp_path, ["train", "--resume", "--run-dir", "run"])
     assert resumed.exit_code == 0, resumed.output[-2000:]
     again = json.loads((tmp_path / "run" / "config.json").read_text())
