@@ -52,6 +52,14 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: float = 2.0
     augment: bool = True
+    # The augmentation's random translation, as a fraction of the image side
+    # (1/8: CIFAR recipes' "pad 4 and crop 32"); 0 = random flip only.
+    translate: float = 0.125
+    # Runs of fewer epochs than this train without the translation (flip
+    # only): a few passes over the data underfit, and the translation only
+    # slows them. 0 = always translate. resolve_config sets 0 when
+    # --translate is given.
+    translate_min_epochs: int = 0
     # Random erasing (Zhong et al. 2017; timm's --reprob): the probability
     # that a training image gets one rectangle (2-33% of its area) filled
     # with mid-grey; 0 = off.
@@ -126,6 +134,10 @@ class TrainConfig:
             bad("lr", "positive")
         if not 0.0 <= float(self.random_erasing) <= 1.0:
             bad("random_erasing", "a probability in [0, 1]")
+        if not 0.0 <= float(self.translate) < 1.0:
+            bad("translate", "a fraction of the image side in [0, 1)")
+        if int(self.translate_min_epochs) < 0:
+            bad("translate_min_epochs", "0 or more")
         if not 0.0 <= float(self.val_split) < 1.0:
             bad("val_split", "in [0, 1)")
         if not 0.0 <= float(self.label_smoothing) < 1.0:
@@ -277,6 +289,8 @@ def resolve_config(
         values["min_steps"] = 0  # a batch size the user chose is kept
     if "dropout" in given or "dropout" in (hparams or {}):
         values["short_run_dropout"] = None  # so is a dropout
+    if "translate" in given or "translate" in (hparams or {}):
+        values["translate_min_epochs"] = 0  # and a translation
     if values.get("limit") == 0:
         values["limit"] = None
     unknown = sorted(set(values) - names)

@@ -88,6 +88,9 @@ TRAIN_OPTIONS: dict[str, Option] = {
     "schedule": _opt("--schedule", type=click.Choice(SCHEDULES), default=None, help="Learning-rate schedule [recipe]."),
     "augment": _opt("--augment/--no-augment", default=None,
                     help="Random flip + translation while training (not in the saved model) [recipe]."),
+    "translate": _opt("--translate", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+                      help="Random translation while training, as a fraction of the image side; 0 = flip only "
+                           "[recipe: 0.125; alexnet's default recipe: 0 for runs of fewer than 5 epochs]."),
     "random_erasing": _opt("--random-erasing", type=click.FloatRange(0.0, 1.0), default=None,
                            help="Probability of random erasing per training image (one grey rectangle, 2-33% of "
                                 "the area; not in the saved model) [0]."),
@@ -143,6 +146,7 @@ NOT_OPTIONS: dict[str, str] = {
     "head_initializer": "the recipe's",
     "min_steps": "the recipe's rule; a given --batch-size turns it off",
     "short_run_dropout": "the recipe's rule; a given --dropout turns it off",
+    "translate_min_epochs": "the recipe's rule; a given --translate turns it off",
     "save_dir": "the folder of the default --output",
 }
 

@@ -83,7 +83,8 @@ def resize(x, height: int, width: int, name: str = "resize"):
 def augment(x, enabled: bool, seed: int | None = None, translate: float = 0.125, random_erasing: float = 0.0):
     """Training-only augmentation: random horizontal flip and random translation
     by up to ``translate`` of the image (1/8: the "pad 4 and crop 32" of CIFAR
-    recipes), by whole pixels (nearest), with zero fill. The output stays
+    recipes; 0: flip only, no translation layer), by whole pixels (nearest),
+    with zero fill. The output stays
     whole numbers 0..255, so it passes exactly into a model's uint8 input.
 
     Keras's image augmentation layers augment whenever they are called
@@ -109,6 +110,8 @@ def augment(x, enabled: bool, seed: int | None = None, translate: float = 0.125,
     if not enabled:
         return x
     x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
+    if not translate:
+        return x
     x = layers.RandomTranslation(
         translate, translate, fill_mode="constant", fill_value=0.0, interpolation="nearest",
         seed=None if seed is None else seed + 1, name="augment_translate",

@@ -226,7 +226,8 @@ def build_training_model(config: TrainConfig, data, seed: int | None = None):
         base_weights=config.base_weights,
         freeze_base=config.freeze_base,
     )
-    return training_model(model, augment=config.augment, seed=seed, random_erasing=config.random_erasing)
+    return training_model(model, augment=config.augment, seed=seed, random_erasing=config.random_erasing,
+                          translate=config.translate)
 
 
 def training_loop(name: str):
@@ -403,8 +404,9 @@ def _set_numerics(config: TrainConfig) -> str:
 
 
 def _fit_to_data(config: TrainConfig, n_train: int, saved_resolved: dict):
-    """The short-run rules (the recipe's dropout, the minimum number of steps)
-    applied to ``n_train`` images; resuming, what the first start resolved.
+    """The short-run rules (the recipe's dropout, the minimum number of steps,
+    no translation below the recipe's number of epochs) applied to
+    ``n_train`` images; resuming, what the first start resolved.
 
     Returns:
         ``(config, short_run, batch_size_before_min_steps, steps_per_epoch)``.
@@ -417,6 +419,10 @@ def _fit_to_data(config: TrainConfig, n_train: int, saved_resolved: dict):
         _say(f"dropout {config.short_run_dropout:g} (not {config.dropout:g}): a run of fewer than {config.min_steps} "
              f"steps at batch {config.batch_size} underfits, and dropout only slows it; --dropout R keeps R")
         config = config.replace(dropout=config.short_run_dropout)
+    if config.augment and config.translate and config.epochs < config.translate_min_epochs:
+        _say(f"augmentation: random flip only (no translation): a run of fewer than {config.translate_min_epochs} "
+             f"epochs underfits, and the translation only slows it; --translate F keeps F")
+        config = config.replace(translate=0.0)
     batch = auto_batch_size(config.batch_size, n_train, config.epochs, config.min_steps)
     # Resuming, config.json already holds the adapted values: keep what the
     # first start resolved them from.

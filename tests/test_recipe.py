@@ -100,6 +100,40 @@ def test_a_short_run_takes_the_recipes_short_run_dropout_and_says_so(capsys):
     assert (config.dropout, config.batch_size, short) == (0.5, 128, False)
 
 
+def test_a_run_of_few_epochs_trains_without_translation_and_says_so(capsys):
+    from kerasalex.config import TrainConfig, resolve_config
+    from kerasalex.training import _fit_to_data
+
+    recipe = TrainConfig(batch_size=64, dropout=0.0, min_steps=2500, translate_min_epochs=6, epochs=4)
+    config, _, _, _ = _fit_to_data(recipe, 45000, {})
+    assert (config.translate, config.batch_size) == (0.0, 64)
+    assert "random flip only (no translation): a run of fewer than 6 epochs" in capsys.readouterr().out
+    # From the recipe's number of epochs on, and without augmentation, nothing changes or is said.
+    for kept in (recipe.replace(epochs=6), recipe.replace(epochs=30), recipe.replace(augment=False)):
+        assert _fit_to_data(kept, 45000, {})[0].translate == 0.125
+        assert "translation" not in capsys.readouterr().out
+    # The scratch AlexNet's default recipe has the rule (4 CIFAR-10 epochs at lr 0.04: 82.0%
+    # held-out without translation, 79.8% with, README); a given --translate (or hparams) turns it off.
+    assert resolve_config("alexnet", "default").translate_min_epochs == 5
+    assert resolve_config("alexnet", "default", translate=0.125).translate_min_epochs == 0
+    assert resolve_config("alexnet", "default", hparams={"translate": 0.1}).translate_min_epochs == 0
+    assert resolve_config("alexnet", "study").translate_min_epochs == 0
+    with pytest.raises(ValueError, match="translate must be a fraction of the image side in"):
+        TrainConfig(translate=1.0)
+
+
+def test_translate_zero_leaves_the_translation_layer_out_of_the_training_front():
+    from kerasalex.models import build_model, training_model
+
+    def front(**kwargs):
+        model = build_model("alexnet", num_classes=3, input_shape=(16, 16, 3), seed=0)
+        return {layer.name for layer in training_model(model, augment=True, seed=0, **kwargs).layers}
+
+    assert {"augment_flip", "augment_translate"} <= front()
+    names = front(translate=0.0)
+    assert "augment_flip" in names and "augment_translate" not in names
+
+
 # --------------------------------------------------------------------------
 # Test-time augmentation
 # --------------------------------------------------------------------------
@@ -259,5 +293,7 @@ def test_a_resumed_short_run_keeps_what_its_first_start_resolved(tmp_path):
     resumed = tiny_cli_in(tmp_path, ["train", "--resume", "--run-dir", "run"])
     assert resumed.exit_code == 0, resumed.output[-2000:]
     again = json.loads((tmp_path / "run" / "config.json").read_text())
-    for key in ("short_run", "dropout", "batch_size", "batch_size_before_min_steps"):
+    # 2 epochs: fewer than the recipe's translate_min_epochs (5), so flip only.
+    assert first["resolved"]["translate"] == 0.0 and first["config"]["translate"] == 0.0
+    for key in ("short_run", "dropout", "batch_size", "batch_size_before_min_steps", "translate"):
         assert again["resolved"][key] == first["resolved"][key], key

@@ -37,6 +37,7 @@ TUNABLE: dict[str, dict[str, Any]] = {
     "warmup_epochs": {"type": float, "low": 0.0},
     "batch_size": {"type": int, "low": 1},
     "augment": {"type": bool},
+    "translate": {"type": float, "low": 0.0, "high": 1.0, "high_open": True},
     "nesterov": {"type": bool},
     "ema_momentum": {"type": float, "low": 0.0, "high": 1.0, "high_open": True},
 }
@@ -46,7 +47,7 @@ NOT_SEARCHABLE = frozenset({
     "arch", "recipe", "dataset", "data_dir", "val_split", "limit", "image_size", "resize", "epochs", "seed",
     "precision", "jit_compile", "steps_per_execution", "deterministic", "distribute", "run_dir", "output",
     "save_dir", "save_best", "weights", "base_weights", "unfreeze_from", "min_steps", "short_run_dropout",
-    "data_cache",
+    "translate_min_epochs", "data_cache",
 })
 
 
