@@ -88,3 +88,22 @@ def test_bench_time_to_accuracy_smoke_reports_both_recipes(tmp_path):
         assert row["epoch_to_0"] == 1
         assert row["seconds_to_0"] > 0
         assert 0.0 <= row["final_val_accuracy"] <= 1.0
+
+
+def test_bench_batch_speed_smoke_pairs_the_configurations(tmp_path):
+    out = tmp_path / "rows.json"
+    proc = _run([
+        "benchmarks/bench_batch_speed.py", "--configs", "small:4:0:0,old-default:8:0.125:0.5",
+        "--rounds", "2", "--steps", "1", "--warmup", "1", "--precision", "float32", "--json", str(out),
+    ])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["reference"] == "old-default" and report["rounds"] == 2
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["old-default"]["images_per_second_vs_reference"] == pytest.approx(1.0)
+    small = rows["small"]
+    assert (small["batch"], small["translate"], small["dropout"]) == (4, 0.0, 0.0)
+    assert small["ms_per_step"] > 0 and small["images_per_second"] == pytest.approx(4000 / small["ms_per_step"])
+    assert "| small | 4 | 0 | 0 |" in proc.stdout
+    bad = _run(["benchmarks/bench_batch_speed.py", "--configs", "small:4"])
+    assert bad.returncode == 2 and "is not name:batch:translate:dropout" in bad.stderr
