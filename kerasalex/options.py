@@ -90,7 +90,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
                     help="Random flip + translation while training (not in the saved model) [recipe]."),
     "translate": _opt("--translate", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
                       help="Random translation while training, as a fraction of the image side; 0 = flip only "
-                           "[recipe: 0.125; alexnet's default recipe: 0 for runs of fewer than 5 epochs]."),
+                           "[recipe: 0.125; alexnet's default recipe: 0 for runs of 10 epochs or fewer]."),
     "random_erasing": _opt("--random-erasing", type=click.FloatRange(0.0, 1.0), default=None,
                            help="Probability of random erasing per training image (one grey rectangle, 2-33% of "
                                 "the area; not in the saved model) [0]."),
