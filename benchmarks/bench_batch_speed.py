@@ -159,7 +159,8 @@ def main(argv=None) -> int:
     machine = (f"{cpu_name()}, {os.cpu_count()} CPUs, "
                f"{'avx512_bf16' if 'avx512_bf16' in cpu_flags() else 'no avx512_bf16'}, {policy}")
     print(f"\n{machine}; {args.rounds} rounds x {args.steps} steps; medians; reference {ref}\n")
-    print("| config | batch | translate | dropout | ms/step | ms/image | images/s | images/s vs " + ref + " (min-max) |")
+    print("| config | batch | translate | dropout | ms/step | ms/image | images/s | images/s vs " + ref
+          + " (median of the per-round ratios; min-max) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['batch']} | {r['translate']:g} | {r['dropout']:g} | {r['ms_per_step']:.0f} | "

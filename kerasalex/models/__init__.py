@@ -191,8 +191,8 @@ ARCHITECTURES: dict[str, Architecture] = {
                 # with flip TTA) vs batch 128 + dropout 86.36% (86.56%). Dropout also slows the small runs: digits, 5
                 # epochs at batch 16, 93.1% test with dropout 0.5, 97.5%
                 # without. 1,000 steps (the rule's first value) got every small
-                # run off the chance plateau. Batch 64 costs 6-19% of the
-                # images/s of batch 128 on that CPU. The rest of the default
+                # run off the chance plateau. Batch 64 trains 6-19% fewer
+                # images/s than batch 128 on that CPU. The rest of the default
                 # recipe is TrainConfig's defaults (SGD + Nesterov 0.02,
                 # warm-up + cosine, flip + translate, label smoothing 0.1,
                 # weight decay 5e-4). Runs of 10 epochs or fewer train with
