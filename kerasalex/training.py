@@ -420,8 +420,9 @@ def _fit_to_data(config: TrainConfig, n_train: int, saved_resolved: dict):
              f"steps at batch {config.batch_size} underfits, and dropout only slows it; --dropout R keeps R")
         config = config.replace(dropout=config.short_run_dropout)
     if config.augment and config.translate and config.epochs < config.translate_min_epochs:
-        _say(f"augmentation: random flip only (no translation): a run of fewer than {config.translate_min_epochs} "
-             f"epochs underfits, and the translation only slows it; --translate F keeps F")
+        most = config.translate_min_epochs - 1
+        _say(f"augmentation: random flip only (no translation): a run of {most} epoch{'' if most == 1 else 's'} or fewer "
+             f"underfits, and the translation only slows it; --translate F keeps F")
         config = config.replace(translate=0.0)
     batch = auto_batch_size(config.batch_size, n_train, config.epochs, config.min_steps)
     # Resuming, config.json already holds the adapted values: keep what the

@@ -107,7 +107,7 @@ def test_a_run_of_few_epochs_trains_without_translation_and_says_so(capsys):
     recipe = TrainConfig(batch_size=64, dropout=0.0, min_steps=2500, translate_min_epochs=6, epochs=4)
     config, _, _, _ = _fit_to_data(recipe, 45000, {})
     assert (config.translate, config.batch_size) == (0.0, 64)
-    assert "random flip only (no translation): a run of fewer than 6 epochs" in capsys.readouterr().out
+    assert "random flip only (no translation): a run of 5 epochs or fewer underfits" in capsys.readouterr().out
     # From the recipe's number of epochs on, and without augmentation, nothing changes or is said.
     for kept in (recipe.replace(epochs=6), recipe.replace(epochs=30), recipe.replace(augment=False)):
         assert _fit_to_data(kept, 45000, {})[0].translate == 0.125
