@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,17 +47,6 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT_CONFIGS = "default:64:0.125:0,short:64:0:0,old-default:128:0.125:0.5"
 NUM_CLASSES = 10
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else the platform's."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parse_configs(text: str) -> list[dict]:
@@ -122,7 +110,7 @@ def main(argv=None) -> int:
     if args.rounds < 1 or args.steps < 1 or args.warmup < 1:
         p.error("--rounds, --steps and --warmup must be at least 1")
 
-    from kerasalex.device import cpu_flags, set_precision
+    from kerasalex.device import cpu_flags, describe_device, set_precision
     from kerasalex.training import resolve_precision
 
     policy = resolve_precision(args.precision)
@@ -156,7 +144,7 @@ def main(argv=None) -> int:
             images_per_second=row["batch"] / statistics.median(t),
             images_per_second_vs_reference=statistics.median(ratio), ratio_range=[min(ratio), max(ratio)],
         ))
-    machine = (f"{cpu_name()}, {os.cpu_count()} CPUs, "
+    machine = (f"{describe_device()['cpu']}, {os.cpu_count()} CPUs, "
                f"{'avx512_bf16' if 'avx512_bf16' in cpu_flags() else 'no avx512_bf16'}, {policy}")
     print(f"\n{machine}; {args.rounds} rounds x {args.steps} steps; medians; reference {ref}\n")
     print("| config | batch | translate | dropout | ms/step | ms/image | images/s | images/s vs " + ref
