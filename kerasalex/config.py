@@ -221,6 +221,57 @@ def auto_batch_size(batch_size: int, train_images: int, epochs: int, min_steps: 
     return batch
 
 
+def rules_off(chosen: dict[str, Any]) -> dict[str, Any]:
+    """The short-run rules a user's choice turns off: a chosen batch size
+    is kept (``min_steps`` 0), so is a dropout (``short_run_dropout`` None)
+    and a translation (``translate_min_epochs`` 0). ``chosen``: option
+    values given (or searched, for a ``tune`` trial)."""
+    off: dict[str, Any] = {}
+    if "batch_size" in chosen:
+        off["min_steps"] = 0
+    if "dropout" in chosen:
+        off["short_run_dropout"] = None
+    if "translate" in chosen:
+        off["translate_min_epochs"] = 0
+    return off
+
+
+def short_run_rules(config: "TrainConfig", train_images: int) -> tuple["TrainConfig", bool, list[str]]:
+    """The recipe's short-run rules applied to a run of ``config.epochs``
+    epochs over ``train_images`` images, in this order: a run of fewer than
+    ``min_steps`` steps at its batch size trains with ``short_run_dropout``
+    (when set); a run of fewer than ``translate_min_epochs`` epochs trains
+    with the random flip only (``translate`` 0); the batch size is halved
+    until the run has ``min_steps`` steps (:func:`auto_batch_size`). A rule
+    whose option the user gave is off: :func:`resolve_config` zeroes its
+    field (``min_steps``, ``short_run_dropout``, ``translate_min_epochs``).
+    ``train`` applies them to its run, ``tune`` to each trial's epochs.
+
+    Returns:
+        ``(config, short_run, notes)``: the adapted config, whether the run
+        was short at the recipe's batch size, and one line per rule applied.
+    """
+    notes = []
+    short = is_short_run(config.batch_size, train_images, config.epochs, config.min_steps)
+    if short and config.short_run_dropout is not None and config.dropout != config.short_run_dropout:
+        notes.append(f"dropout {config.short_run_dropout:g} (not {config.dropout:g}): a run of fewer than "
+                     f"{config.min_steps} steps at batch {config.batch_size} underfits, and dropout only slows it; "
+                     f"--dropout R keeps R")
+        config = config.replace(dropout=config.short_run_dropout)
+    if config.augment and config.translate and config.epochs < config.translate_min_epochs:
+        most = config.translate_min_epochs - 1
+        notes.append(f"augmentation: random flip only (no translation): a run of {most} epoch{'' if most == 1 else 's'} "
+                     f"or fewer underfits, and the translation only slows it; --translate F keeps F")
+        config = config.replace(translate=0.0)
+    batch = auto_batch_size(config.batch_size, train_images, config.epochs, config.min_steps)
+    if batch != config.batch_size:
+        steps = int(config.epochs) * max(1, -(-int(train_images) // int(config.batch_size)))
+        notes.append(f"batch size {batch} (not {config.batch_size}): {train_images} images x {config.epochs} epochs "
+                     f"would be {steps} steps, fewer than the recipe's {config.min_steps}; --batch-size N keeps N")
+        config = config.replace(batch_size=batch)
+    return config, short, notes
+
+
 def recipe_values(recipe: str, arch: str) -> dict[str, Any]:
     """The values ``recipe`` sets for ``arch``: the recipe's shared values
     (:data:`RECIPES`) updated with the architecture's own (its registry row);
@@ -285,12 +336,7 @@ def resolve_config(
             head, fine = split_epochs(total, int(values.get("epochs", TrainConfig.epochs)), int(values["fine_tune_epochs"]))
             given.update(epochs=head, fine_tune_epochs=fine)
     values.update(given)
-    if "batch_size" in given or "batch_size" in (hparams or {}):
-        values["min_steps"] = 0  # a batch size the user chose is kept
-    if "dropout" in given or "dropout" in (hparams or {}):
-        values["short_run_dropout"] = None  # so is a dropout
-    if "translate" in given or "translate" in (hparams or {}):
-        values["translate_min_epochs"] = 0  # and a translation
+    values.update(rules_off({**(hparams or {}), **given}))
     if values.get("limit") == 0:
         values["limit"] = None
     unknown = sorted(set(values) - names)

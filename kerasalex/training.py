@@ -411,29 +411,17 @@ def _fit_to_data(config: TrainConfig, n_train: int, saved_resolved: dict):
     Returns:
         ``(config, short_run, batch_size_before_min_steps, steps_per_epoch)``.
     """
-    from kerasalex.config import auto_batch_size, is_short_run
+    from kerasalex.config import short_run_rules
     from kerasalex.data import steps_per_epoch
 
-    short = is_short_run(config.batch_size, n_train, config.epochs, config.min_steps)
-    if short and config.short_run_dropout is not None and config.dropout != config.short_run_dropout:
-        _say(f"dropout {config.short_run_dropout:g} (not {config.dropout:g}): a run of fewer than {config.min_steps} "
-             f"steps at batch {config.batch_size} underfits, and dropout only slows it; --dropout R keeps R")
-        config = config.replace(dropout=config.short_run_dropout)
-    if config.augment and config.translate and config.epochs < config.translate_min_epochs:
-        most = config.translate_min_epochs - 1
-        _say(f"augmentation: random flip only (no translation): a run of {most} epoch{'' if most == 1 else 's'} or fewer "
-             f"underfits, and the translation only slows it; --translate F keeps F")
-        config = config.replace(translate=0.0)
-    batch = auto_batch_size(config.batch_size, n_train, config.epochs, config.min_steps)
+    recipe_batch = config.batch_size
+    config, short, notes = short_run_rules(config, n_train)
+    for note in notes:
+        _say(note)
     # Resuming, config.json already holds the adapted values: keep what the
     # first start resolved them from.
     short = bool(saved_resolved.get("short_run", short))
-    recipe_batch = int(saved_resolved.get("batch_size_before_min_steps", config.batch_size))
-    if batch != config.batch_size:
-        _say(f"batch size {batch} (not {config.batch_size}): {n_train} images x {config.epochs} epochs would be "
-             f"{config.epochs * steps_per_epoch(n_train, config.batch_size)} steps, fewer than the recipe's "
-             f"{config.min_steps}; --batch-size N keeps N")
-        config = config.replace(batch_size=batch)
+    recipe_batch = int(saved_resolved.get("batch_size_before_min_steps", recipe_batch))
     return config, short, recipe_batch, steps_per_epoch(n_train, config.batch_size)
 
 

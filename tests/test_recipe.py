@@ -297,3 +297,49 @@ def test_a_resumed_short_run_keeps_what_its_first_start_resolved(tmp_path):
     assert first["resolved"]["translate"] == 0.0 and first["config"]["translate"] == 0.0
     for key in ("short_run", "dropout", "batch_size", "batch_size_before_min_steps", "translate"):
         assert again["resolved"][key] == first["resolved"][key], key
+
+
+def test_tune_trials_apply_the_short_run_rules_to_their_own_epochs():
+    """A trial is a run of its own epochs: the same rules as `train` (so a
+    short trial of an augmented model trains flip-only, as its retrain
+    would), with a searched value counting as given (its rule off)."""
+    from types import SimpleNamespace
+
+    import keras_tuner
+
+    from kerasalex.config import resolve_config
+    from kerasalex.tuning.hypermodel import KerasalexHyperModel
+
+    base = resolve_config("alexnet", "default", epochs=10)
+    data = SimpleNamespace(train=range(1293))  # digits' training images: only their number is read here
+
+    def trial(space, epochs):
+        model = KerasalexHyperModel(base, space, data, max_epochs=epochs)
+        hp = keras_tuner.HyperParameters()
+        model.declare_hyperparameters(hp)
+        return model.trial_config(hp, epochs)
+
+    augment = {"augment": {"values": [True]}}
+    short = trial(augment, 5)
+    assert (short.translate, short.batch_size, short.epochs) == (0.0, 16, 5)  # flip only; batch 64 -> 16 for 2,500 steps
+    long = trial(augment, 11)
+    assert (long.translate, long.batch_size) == (0.125, 16)  # 11 epochs keep the translation
+    # Searched names keep their values, whatever the trial's epochs.
+    searched = trial({**augment, "translate": {"values": [0.1]}, "batch_size": {"values": [128]}}, 5)
+    assert (searched.translate, searched.batch_size) == (0.1, 128)
+    # Without epochs: the trial's values alone, no rule.
+    assert KerasalexHyperModel(base, augment, data).trial_config(keras_tuner.HyperParameters()).translate == 0.125
+
+
+def test_tune_says_which_short_run_rules_its_trials_get(capsys):
+    from kerasalex.config import resolve_config
+    from kerasalex.tuning.run import _say_trial_rules
+
+    base = resolve_config("alexnet", "default", epochs=10)
+    _say_trial_rules(base, {"augment": {"values": [True, False]}}, 1293, 1)
+    out = capsys.readouterr().out
+    assert "trials of 1 epoch apply train's short-run rules" in out
+    assert "random flip only" in out and "batch size 16 (not 64)" in out
+    # Searched names are given: no rule for them, and nothing to say when none is left.
+    _say_trial_rules(base, {"translate": {"values": [0.1]}, "batch_size": {"values": [64]}}, 1293, 5)
+    assert capsys.readouterr().out == ""

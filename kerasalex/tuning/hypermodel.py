@@ -10,7 +10,7 @@ import keras
 import keras_tuner
 
 from kerasalex import files
-from kerasalex.config import TrainConfig, split_epochs
+from kerasalex.config import TrainConfig, rules_off, short_run_rules, split_epochs
 from kerasalex.tuning._common import objective_direction
 from kerasalex.tuning.settings import OBJECTIVES
 from kerasalex.tuning.space import define_hyperparameter
@@ -52,10 +52,17 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
         for name, spec in self.space.items():
             define_hyperparameter(hp, name, spec)
 
-    def trial_config(self, hp) -> TrainConfig:
-        """The TrainConfig of a trial: the base options with ``hp``'s values."""
+    def trial_config(self, hp, epochs: int | None = None) -> TrainConfig:
+        """The TrainConfig of a trial: the base options with ``hp``'s values;
+        with ``epochs`` (the trial's), the recipe's short-run rules applied
+        to them as ``train`` applies them to a run
+        (:func:`kerasalex.config.short_run_rules`). A searched value counts
+        as given, as in ``train --hparams``: its rule is off."""
         values = {name: define_hyperparameter(hp, name, spec) for name, spec in self.space.items()}
-        return self.base.replace(**values)
+        config = self.base.replace(**values, **rules_off(values))
+        if epochs is not None:
+            config = short_run_rules(config.replace(epochs=int(epochs)), len(self.data.train))[0]
+        return config
 
     @staticmethod
     def trial_epochs(hp, max_epochs: int) -> tuple[int, int]:
@@ -67,12 +74,12 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
         from kerasalex.data import steps_per_epoch
         from kerasalex.training import build_training_model, compile_model
 
-        config = self.trial_config(hp)
+        epochs, initial = self.trial_epochs(hp, self.max_epochs)
+        config = self.trial_config(hp, epochs)
         seed = config.seed + self.seed_offset
         keras.utils.set_random_seed(seed)
         # The same model as `train` builds (options, augmentation front).
         model = build_training_model(config, self.data, seed=seed)
-        epochs, initial = self.trial_epochs(hp, self.max_epochs)
         steps = steps_per_epoch(len(self.data.train), config.batch_size)
         # The schedule spans the epochs this trial runs (a Hyperband round
         # that continues a model starts a fresh optimizer).
@@ -88,7 +95,7 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
         from kerasalex.training import training_loop
 
         epochs = int(epochs or self.max_epochs)
-        config = self.trial_config(hp).replace(seed=self.base.seed + self.seed_offset)
+        config = self.trial_config(hp, epochs).replace(seed=self.base.seed + self.seed_offset)
         if config.fine_tune_epochs:
             # A two-stage model (vgg16): the trial's epochs are its total, split as `train --epochs` splits them.
             head, fine = split_epochs(epochs, config.epochs, config.fine_tune_epochs)

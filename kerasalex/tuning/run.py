@@ -83,6 +83,7 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     hypermodel = KerasalexHyperModel(base, space, data, config.objective, config.max_epochs, config.patience, verbose)
+    _say_trial_rules(base, space, len(data.train), config.max_epochs)
     tuner = _make_tuner(config, hypermodel, project, who, stop)
     with quiet_trial_retracing():
         tuner.search(verbose=1 if verbose else 0)
@@ -92,6 +93,18 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
         say(f"worker {os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')} finished: ran trial(s) {', '.join(tuner.trials_run) or 'none'}")
         return SearchResult(project, [], None, None, None, who)
     return _finish(config, tuner, hypermodel, data, project, stop, who)
+
+
+def _say_trial_rules(base: TrainConfig, space: dict, train_images: int, max_epochs: int) -> None:
+    """One line: the recipe's short-run rules as a trial of ``max_epochs``
+    epochs gets them (each trial applies them to its own epochs; a searched
+    name's rule is off)."""
+    from kerasalex.config import rules_off, short_run_rules
+
+    config = base.replace(epochs=int(max_epochs), **rules_off(dict.fromkeys(space)))
+    notes = short_run_rules(config, train_images)[2]
+    if notes:
+        say(f"trials of {max_epochs} epoch{'' if max_epochs == 1 else 's'} apply train's short-run rules (each trial to its own epochs): " + "; ".join(notes))
 
 
 def _open_project(config: TuneConfig, who: str, overwrite: bool) -> Path:
