@@ -266,7 +266,8 @@ def short_run_rules(config: "TrainConfig", train_images: int) -> tuple["TrainCon
     batch = auto_batch_size(config.batch_size, train_images, config.epochs, config.min_steps)
     if batch != config.batch_size:
         steps = int(config.epochs) * max(1, -(-int(train_images) // int(config.batch_size)))
-        notes.append(f"batch size {batch} (not {config.batch_size}): {train_images} images x {config.epochs} epochs "
+        notes.append(f"batch size {batch} (not {config.batch_size}): {train_images} images x {config.epochs} "
+                     f"epoch{'' if int(config.epochs) == 1 else 's'} "
                      f"would be {steps} steps, fewer than the recipe's {config.min_steps}; --batch-size N keeps N")
         config = config.replace(batch_size=batch)
     return config, short, notes

@@ -110,7 +110,7 @@ def cpu_figure_key(policy: str) -> str:
     return f"{policy}:avx2" if policy == "float32" and "avx512f" not in cpu_flags() else policy
 
 
-def explain_precision(requested: str, policy: str, arch: str | None = None) -> str:
+def explain_precision(requested: str, policy: str, arch: str | None = None, batch_size: int | None = None) -> str:
     """One line for the start of a run: the dtype policy, why it was chosen,
     and, where we measured it, the images/second to expect.
 
@@ -118,6 +118,9 @@ def explain_precision(requested: str, policy: str, arch: str | None = None) -> s
         requested: the ``--precision`` value (``auto`` or a policy).
         policy: what :func:`resolve_precision` resolved it to.
         arch: the architecture (figures exist for ``alexnet`` on CPUs).
+        batch_size: the run's batch size before the short-run rules; below
+            the figure's 128 the line says to expect fewer images/s (batch
+            64: 5-13% fewer, measured by ``benchmarks/bench_batch_speed.py``).
 
     Example:
         ``precision float32 (auto: this CPU has no bfloat16 units, no avx512_bf16/amx_bf16 flag);
@@ -157,6 +160,8 @@ def explain_precision(requested: str, policy: str, arch: str | None = None) -> s
         machine = MEASURED_ON_AVX2 if key.endswith(":avx2") else MEASURED_ON
         line += (f"; expect ~{speed:.0f} images/s or less at batch 128 and {row.image_size} px "
                  f"(measured on {machine}: {source})")
+        if batch_size is not None and int(batch_size) < 128:
+            line += f", fewer at batch {int(batch_size)} (batch 64: 5-13% fewer, benchmarks/bench_batch_speed.py)"
     return line
 
 
@@ -394,7 +399,7 @@ def _set_numerics(config: TrainConfig) -> str:
 
     precision = resolve_precision(config.precision)
     set_precision(precision)
-    _say(explain_precision(config.precision, precision, config.arch))
+    _say(explain_precision(config.precision, precision, config.arch, config.batch_size))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         import tensorflow as tf

@@ -173,7 +173,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             # (kerasalex.training.MEASURED_ON_AVX2), the first epoch of a
             # CIFAR-10 run (45,000 images, batch 128; history.csv).
             cpu_images_per_second={
-                "mixed_bfloat16": (225.6, "the README's 30-epoch CIFAR-10 run"),
+                "mixed_bfloat16": (225.6, "the README's 30-epoch batch-128 CIFAR-10 run"),
                 "float32": (137.0, "benchmarks/bench_gpu.py"),
                 "float32:avx2": (34.8, "an epoch of the README's 5-epoch batch-128 CIFAR-10 run"),
             },

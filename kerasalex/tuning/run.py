@@ -128,7 +128,7 @@ def _prepare(config: TuneConfig, base: TrainConfig, project: Path):
 
     precision = resolve_precision(base.precision)
     set_precision(precision)
-    say(explain_precision(base.precision, precision, base.arch))
+    say(explain_precision(base.precision, precision, base.arch, None if "batch_size" in config.space() else base.batch_size))
     data = prepare_data(base)  # the same data path as train
     say(
         f"{data.name}: {len(data.train)} training / {len(data.val) if data.val is not None else 0} validation images "
