@@ -321,12 +321,17 @@ def test_tune_trials_apply_the_short_run_rules_to_their_own_epochs():
 
     augment = {"augment": {"values": [True]}}
     short = trial(augment, 5)
-    assert (short.translate, short.batch_size, short.epochs) == (0.0, 16, 5)  # flip only; batch 64 -> 16 for 2,500 steps
+    assert (short.translate, short.batch_size) == (0.0, 16)  # flip only; batch 64 -> 16 for 2,500 steps
+    assert short.epochs == base.epochs  # the rules saw 5 epochs; fit sets the trial's epochs itself
     long = trial(augment, 11)
     assert (long.translate, long.batch_size) == (0.125, 16)  # 11 epochs keep the translation
     # Searched names keep their values, whatever the trial's epochs.
     searched = trial({**augment, "translate": {"values": [0.1]}, "batch_size": {"values": [128]}}, 5)
     assert (searched.translate, searched.batch_size) == (0.1, 128)
+    # A two-stage model's split (vgg16: 6 head + 4 fine-tuning of 10) is what fit splits a trial's epochs by: kept.
+    two_stage = KerasalexHyperModel(resolve_config("vgg16", "default", epochs=10), augment, data)
+    config = two_stage.trial_config(keras_tuner.HyperParameters(), 3)
+    assert (config.epochs, config.fine_tune_epochs) == (6, 4)
     # Without epochs: the trial's values alone, no rule.
     assert KerasalexHyperModel(base, augment, data).trial_config(keras_tuner.HyperParameters()).translate == 0.125
 

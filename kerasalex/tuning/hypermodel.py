@@ -61,7 +61,9 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
         values = {name: define_hyperparameter(hp, name, spec) for name, spec in self.space.items()}
         config = self.base.replace(**values, **rules_off(values))
         if epochs is not None:
-            config = short_run_rules(config.replace(epochs=int(epochs)), len(self.data.train))[0]
+            # The rules see the trial's epochs; `epochs` itself stays the
+            # base's (fit splits a two-stage trial's epochs by it).
+            config = short_run_rules(config.replace(epochs=int(epochs)), len(self.data.train))[0].replace(epochs=config.epochs)
         return config
 
     @staticmethod
