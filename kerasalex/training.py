@@ -118,9 +118,10 @@ def explain_precision(requested: str, policy: str, arch: str | None = None, batc
         requested: the ``--precision`` value (``auto`` or a policy).
         policy: what :func:`resolve_precision` resolved it to.
         arch: the architecture (figures exist for ``alexnet`` on CPUs).
-        batch_size: the run's batch size before the short-run rules; below
-            the figure's 128 the line says to expect fewer images/s (batch
-            64: 5-13% fewer, measured by ``benchmarks/bench_batch_speed.py``).
+        batch_size: the run's batch size before the short-run rules (which
+            may lower it further); below the figure's 128 the line says to
+            expect fewer images/s (batch 64: 6-13% fewer, the median
+            per-round ratios of ``benchmarks/bench_batch_speed.py``).
 
     Example:
         ``precision float32 (auto: this CPU has no bfloat16 units, no avx512_bf16/amx_bf16 flag);
@@ -161,7 +162,7 @@ def explain_precision(requested: str, policy: str, arch: str | None = None, batc
         line += (f"; expect ~{speed:.0f} images/s or less at batch 128 and {row.image_size} px "
                  f"(measured on {machine}: {source})")
         if batch_size is not None and int(batch_size) < 128:
-            line += f", fewer at batch {int(batch_size)} (batch 64: 5-13% fewer, benchmarks/bench_batch_speed.py)"
+            line += ", fewer at a smaller batch (64: 6-13% fewer, benchmarks/bench_batch_speed.py)"
     return line
 
 

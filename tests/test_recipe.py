@@ -345,6 +345,9 @@ def test_tune_says_which_short_run_rules_its_trials_get(capsys):
     out = capsys.readouterr().out
     assert "trials of 1 epoch apply train's short-run rules" in out
     assert "random flip only" in out and "batch size 16 (not 64)" in out
+    assert "--translate F keeps F (for trials that augment)" in out  # augment is searched: only some trials augment
+    _say_trial_rules(base, {"augment": {"fixed": True}}, 1293, 1)
+    assert "(for trials that augment)" not in capsys.readouterr().out
     # Searched names are given: no rule for them, and nothing to say when none is left.
     _say_trial_rules(base, {"translate": {"values": [0.1]}, "batch_size": {"values": [64]}}, 1293, 5)
     assert capsys.readouterr().out == ""

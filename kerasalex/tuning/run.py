@@ -101,8 +101,11 @@ def _say_trial_rules(base: TrainConfig, space: dict, train_images: int, max_epoc
     name's rule is off)."""
     from kerasalex.config import rules_off, short_run_rules
 
+    augment_searched = "augment" in space and "fixed" not in space["augment"]
     config = base.replace(epochs=int(max_epochs), **rules_off(dict.fromkeys(space)))
-    notes = short_run_rules(config, train_images)[2]
+    notes = short_run_rules(config.replace(augment=True) if augment_searched else config, train_images)[2]
+    if augment_searched:
+        notes = [f"{n} (for trials that augment)" if n.startswith("augmentation:") else n for n in notes]
     if notes:
         say(f"trials of {max_epochs} epoch{'' if max_epochs == 1 else 's'} apply train's short-run rules (each trial to its own epochs): " + "; ".join(notes))
 
@@ -128,7 +131,8 @@ def _prepare(config: TuneConfig, base: TrainConfig, project: Path):
 
     precision = resolve_precision(base.precision)
     set_precision(precision)
-    say(explain_precision(base.precision, precision, base.arch, None if "batch_size" in config.space() else base.batch_size))
+    searched = {name for name, spec in config.space().items() if "fixed" not in spec}
+    say(explain_precision(base.precision, precision, base.arch, None if "batch_size" in searched else base.batch_size))
     data = prepare_data(base)  # the same data path as train
     say(
         f"{data.name}: {len(data.train)} training / {len(data.val) if data.val is not None else 0} validation images "
