@@ -77,7 +77,7 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
     project = _open_project(config, who, overwrite)
     if config.objective.startswith("val_") and not base.val_split:
         raise ValueError(f"objective {config.objective} needs a validation split; pass --val-split > 0 or --objective {config.objective[4:]}")
-    data = _prepare(config, base, project)
+    data = _prepare(config, base, space, project)
     StopCheck(stop)()
 
     if verbose == "auto":
@@ -125,13 +125,13 @@ def _open_project(config: TuneConfig, who: str, overwrite: bool) -> Path:
     return project
 
 
-def _prepare(config: TuneConfig, base: TrainConfig, project: Path):
+def _prepare(config: TuneConfig, base: TrainConfig, space: dict, project: Path):
     """Sets the dtype policy and loads the data, saying what it found."""
     from kerasalex.training import explain_precision, prepare_data, resolve_precision, set_precision
 
     precision = resolve_precision(base.precision)
     set_precision(precision)
-    searched = {name for name, spec in config.space().items() if "fixed" not in spec}
+    searched = {name for name, spec in space.items() if "fixed" not in spec}
     say(explain_precision(base.precision, precision, base.arch, None if "batch_size" in searched else base.batch_size))
     data = prepare_data(base)  # the same data path as train
     say(
