@@ -41,7 +41,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -298,15 +297,9 @@ def _device_line() -> tuple[str, bool]:
             except Exception:
                 names.append(g.name)
         return "GPU: " + ", ".join(names), True
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU only: {cpu}, {os.cpu_count()} cores (os.sched_getaffinity: {len(os.sched_getaffinity(0))})", False
+    from kerasalex.device import cpu_model_name
+
+    return f"CPU only: {cpu_model_name()}, {os.cpu_count()} cores (os.sched_getaffinity: {len(os.sched_getaffinity(0))})", False
 
 
 def _fmt(v, spec=",.0f"):

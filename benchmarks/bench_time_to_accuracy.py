@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tarfile
@@ -60,15 +59,11 @@ def time_to(history: list[dict], target: float) -> tuple[float | None, int | Non
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-                return f"{name}, {os.cpu_count()} cores, {'with' if bf16 else 'without'} AVX512-BF16"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU for the report: model name, cores, and whether it has AVX512-BF16."""
+    from kerasalex.device import cpu_flags, cpu_model_name
+
+    bf16 = "avx512_bf16" in cpu_flags()
+    return f"{cpu_model_name()}, {os.cpu_count()} cores, {'with' if bf16 else 'without'} AVX512-BF16"
 
 
 def run_recipe(recipe: str, data: Path, out: Path, args) -> dict:

@@ -25,6 +25,18 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``, e.g. ``AMD EPYC
+    9R14``); where there is none, :func:`platform.processor` or the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def gpu_devices() -> list:
     import tensorflow as tf
 
@@ -60,7 +72,7 @@ def describe_device() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model_name(),
         "cpu_count": os.cpu_count(),
         "gpus": [],
     }
@@ -70,13 +82,6 @@ def describe_device() -> dict[str, Any]:
         except Exception:
             d = {}
         info["gpus"].append({"name": d.get("device_name", g.name), "compute_capability": d.get("compute_capability")})
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return info
 
 

@@ -10,6 +10,7 @@ and must print numbers, not error rows.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -56,6 +57,10 @@ def test_bench_gpu_smoke_rows_are_numbers(tmp_path):
     ours = [r for r in rows if r["arch"] == "alexnet"][0]
     assert ours["batch"] == 32 and ours["timed_steps"] == 2
     assert "| alexnet | float32 |" in proc.stdout
+    from kerasalex.device import cpu_model_name
+
+    # The machine line names the CPU as the package reads it (one reader for every report).
+    assert f"CPU only: {cpu_model_name()}, " in proc.stdout
 
 
 def _jpeg_folder(root, classes=3, per_class=12):
@@ -82,6 +87,10 @@ def test_bench_time_to_accuracy_smoke_reports_both_recipes(tmp_path):
     result = json.loads(out.read_text())
     rows = result["rows"] if isinstance(result, dict) else result
     assert {r["recipe"] for r in rows} == {"default", "study"}
+    from kerasalex.device import cpu_flags, cpu_model_name
+
+    bf16 = "with" if "avx512_bf16" in cpu_flags() else "without"
+    assert result["cpu"] == f"{cpu_model_name()}, {os.cpu_count()} cores, {bf16} AVX512-BF16"
     for row in rows:
         assert row["epochs"] == 1
         # a target of 0 is reached at the first epoch, after a positive time
