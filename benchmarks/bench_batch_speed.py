@@ -1,8 +1,9 @@
 """Training-step speed of the scratch AlexNet's recipes, paired in one process.
 
 The default recipe trains at batch 64 (more optimizer steps per epoch, which
-pays in accuracy per second: README, "Recipes"); the default before
-2026-12-03 trained at batch 128 with dropout 0.5. A step has a cost that
+pays in accuracy per second: README, "Recipes"), and long runs (at least
+10,000 steps at batch 128, e.g. 29 or more CIFAR-10 epochs) at batch 128;
+the default before 2026-12-03 trained at batch 128 with dropout 0.5. A step has a cost that
 does not shrink with the batch (the weight casts, the dense kernels'
 gradients and the SGD update over 29.6M parameters: memory traffic), so
 images/second falls with the batch. This script measures by how much, on
@@ -16,14 +17,16 @@ configuration is built once, in this one process, and the configurations
 are timed in turn, round after round (A B C A B C ...); the figures are the
 medians over rounds, and the ratios are taken round by round.
 
-    python benchmarks/bench_batch_speed.py                       # the three recipes below, ~5 min on 2 CPU cores
+    python benchmarks/bench_batch_speed.py                       # the four recipes below, ~7 min on 2 CPU cores
     python benchmarks/bench_batch_speed.py --rounds 3 --steps 5  # a quicker look
     python benchmarks/bench_batch_speed.py --configs "b32:32:0.125:0,b64:64:0.125:0"
 
 A configuration is ``name:batch:translate:dropout``. The defaults:
-``default`` (batch 64, flip + translation 0.125, no dropout: the default
-recipe's long runs), ``short`` (batch 64, flip only: its short runs, see
-``translate_min_epochs`` in its registry row) and ``old-default``
+``long`` (batch 128, flip + translation 0.125, no dropout: the default
+recipe's long runs, ``long_run_steps`` in its registry row), ``default``
+(batch 64, flip + translation, no dropout: its runs of 11 epochs or more
+below that), ``short`` (batch 64, flip only: its runs of 10 epochs or fewer, see
+``translate_min_epochs``) and ``old-default``
 (batch 128, translation 0.125, dropout 0.5: the default until 2026-12-03).
 The first configuration named ``old-default`` (else the last one) is the
 reference of the ratios.
@@ -45,7 +48,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_CONFIGS = "default:64:0.125:0,short:64:0:0,old-default:128:0.125:0.5"
+DEFAULT_CONFIGS = "long:128:0.125:0,default:64:0.125:0,short:64:0:0,old-default:128:0.125:0.5"
 NUM_CLASSES = 10
 
 

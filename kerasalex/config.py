@@ -75,6 +75,14 @@ class TrainConfig:
     # min_steps steps): such a run underfits, and dropout only slows it.
     # None = keep --dropout. resolve_config sets None when --dropout is given.
     short_run_dropout: float | None = None
+    # Long runs: when the batch size was not set, a run that takes at least
+    # long_run_steps optimizer steps at long_run_batch_size trains at that
+    # batch size (more images/s on a CPU) with the learning rate long_run_lr
+    # (None = keep --lr). 0 = off. resolve_config sets long_run_steps 0 when
+    # --batch-size is given and long_run_lr None when --lr is given.
+    long_run_steps: int = 0
+    long_run_batch_size: int = 128
+    long_run_lr: float | None = None
     # Exponential moving average of the weights (Polyak averaging, Keras's
     # optimizer use_ema): 0 = off, else the EMA momentum per step.
     ema_momentum: float = 0.0
@@ -152,6 +160,12 @@ class TrainConfig:
             bad("limit", "at least 2")
         if self.short_run_dropout is not None and not 0.0 <= float(self.short_run_dropout) < 1.0:
             bad("short_run_dropout", "None or in [0, 1)")
+        if int(self.long_run_steps) < 0:
+            bad("long_run_steps", "0 or more")
+        if int(self.long_run_batch_size) < 1:
+            bad("long_run_batch_size", "at least 1")
+        if self.long_run_lr is not None and not float(self.long_run_lr) > 0:
+            bad("long_run_lr", "None or positive")
         if int(self.min_steps) < 0:
             bad("min_steps", "0 or more")
         if not 0.0 <= float(self.ema_momentum) < 1.0:
@@ -221,14 +235,24 @@ def auto_batch_size(batch_size: int, train_images: int, epochs: int, min_steps: 
     return batch
 
 
+def is_long_run(train_images: int, epochs: int, long_run_steps: int, long_run_batch_size: int) -> bool:
+    """Whether ``epochs`` epochs over ``train_images`` at ``long_run_batch_size``
+    take at least ``long_run_steps`` optimizer steps (``0`` = never)."""
+    return bool(long_run_steps) and int(epochs) * -(-int(train_images) // int(long_run_batch_size)) >= int(long_run_steps)
+
+
 def rules_off(chosen: dict[str, Any]) -> dict[str, Any]:
-    """The short-run rules a user's choice turns off: a chosen batch size
-    is kept (``min_steps`` 0), so is a dropout (``short_run_dropout`` None)
-    and a translation (``translate_min_epochs`` 0). ``chosen``: option
-    values given (or searched, for a ``tune`` trial)."""
+    """The run-length rules a user's choice turns off: a chosen batch size
+    is kept (``min_steps`` and ``long_run_steps`` 0), so is a learning rate
+    (``long_run_lr`` None), a dropout (``short_run_dropout`` None) and a
+    translation (``translate_min_epochs`` 0). ``chosen``: option values
+    given (or searched, for a ``tune`` trial)."""
     off: dict[str, Any] = {}
     if "batch_size" in chosen:
         off["min_steps"] = 0
+        off["long_run_steps"] = 0
+    if "lr" in chosen:
+        off["long_run_lr"] = None
     if "dropout" in chosen:
         off["short_run_dropout"] = None
     if "translate" in chosen:
@@ -236,22 +260,34 @@ def rules_off(chosen: dict[str, Any]) -> dict[str, Any]:
     return off
 
 
-def short_run_rules(config: "TrainConfig", train_images: int) -> tuple["TrainConfig", bool, list[str]]:
-    """The recipe's short-run rules applied to a run of ``config.epochs``
-    epochs over ``train_images`` images, in this order: a run of fewer than
+def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainConfig", bool, list[str]]:
+    """The recipe's run-length rules applied to a run of ``config.epochs``
+    epochs over ``train_images`` images, in this order: a run of at least
+    ``long_run_steps`` steps at ``long_run_batch_size`` trains at that batch
+    size with ``long_run_lr`` (:func:`is_long_run`); a run of fewer than
     ``min_steps`` steps at its batch size trains with ``short_run_dropout``
     (when set); a run of fewer than ``translate_min_epochs`` epochs trains
     with the random flip only (``translate`` 0); the batch size is halved
     until the run has ``min_steps`` steps (:func:`auto_batch_size`). A rule
     whose option the user gave is off: :func:`resolve_config` zeroes its
-    field (``min_steps``, ``short_run_dropout``, ``translate_min_epochs``).
-    ``train`` applies them to its run, ``tune`` to each trial's epochs.
+    field (:func:`rules_off`). ``train`` applies them to its run, ``tune``
+    to each trial's epochs.
 
     Returns:
         ``(config, short_run, notes)``: the adapted config, whether the run
         was short at the recipe's batch size, and one line per rule applied.
     """
     notes = []
+    long_batch = int(config.long_run_batch_size)
+    if long_batch != config.batch_size and is_long_run(train_images, config.epochs, config.long_run_steps, long_batch):
+        lr = config.lr if config.long_run_lr is None else float(config.long_run_lr)
+        steps = int(config.epochs) * -(-int(train_images) // long_batch)
+        lr_note = f", lr {lr:g} (not {config.lr:g})" if lr != config.lr else ""
+        notes.append(f"batch size {long_batch} (not {config.batch_size}){lr_note}: {train_images} images x "
+                     f"{config.epochs} epochs are {steps} steps at batch {long_batch}, at least the recipe's "
+                     f"{config.long_run_steps} for a long run, which batch {long_batch} trains faster at the same "
+                     f"accuracy; --batch-size N keeps N" + (", --lr X keeps X" if lr_note else ""))
+        config = config.replace(batch_size=long_batch, lr=lr)
     short = is_short_run(config.batch_size, train_images, config.epochs, config.min_steps)
     if short and config.short_run_dropout is not None and config.dropout != config.short_run_dropout:
         notes.append(f"dropout {config.short_run_dropout:g} (not {config.dropout:g}): a run of fewer than "

@@ -77,10 +77,11 @@ TRAIN_OPTIONS: dict[str, Option] = {
                    help="Epochs in all [recipe]; vgg16: head + fine-tuning epochs, split 10:8 as the recipe's "
                         "unless --fine-tune-epochs says how many fine-tune."),
     "batch_size": _opt("--batch-size", type=click.IntRange(min=1), default=None,
-                       help="Global batch size, kept as given [recipe; alexnet's default recipe: 64, halved (down to "
-                            "16) until the run has 2,500 steps]."),
+                       help="Global batch size, kept as given [recipe; alexnet's default recipe: 64, 128 for runs of "
+                            "10,000+ steps at 128, halved (down to 16) until the run has 2,500 steps]."),
     "optimizer": _opt("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [recipe]."),
-    "lr": _opt("--lr", type=float, default=None, help="Peak learning rate [recipe]."),
+    "lr": _opt("--lr", type=float, default=None,
+               help="Peak learning rate [recipe; alexnet's default recipe: 0.02, 0.04 when a long run takes batch 128]."),
     "momentum": _opt("--momentum", type=float, default=None, help="SGD momentum [recipe]."),
     "weight_decay": _opt("--weight-decay", type=float, default=None, help="Decoupled weight decay [recipe]."),
     "label_smoothing": _opt("--label-smoothing", type=float, default=None, help="Label smoothing [recipe]."),
@@ -147,6 +148,9 @@ NOT_OPTIONS: dict[str, str] = {
     "min_steps": "the recipe's rule; a given --batch-size turns it off",
     "short_run_dropout": "the recipe's rule; a given --dropout turns it off",
     "translate_min_epochs": "the recipe's rule; a given --translate turns it off",
+    "long_run_steps": "the recipe's rule; a given --batch-size turns it off",
+    "long_run_batch_size": "the recipe's rule; a given --batch-size turns it off",
+    "long_run_lr": "the recipe's rule; a given --lr turns it off",
     "save_dir": "the folder of the default --output",
 }
 

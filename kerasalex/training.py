@@ -118,8 +118,8 @@ def explain_precision(requested: str, policy: str, arch: str | None = None, batc
         requested: the ``--precision`` value (``auto`` or a policy).
         policy: what :func:`resolve_precision` resolved it to.
         arch: the architecture (figures exist for ``alexnet`` on CPUs).
-        batch_size: the run's batch size before the short-run rules (which
-            may lower it further); below the figure's 128 the line says to
+        batch_size: the run's batch size before the run-length rules (which
+            may change it); below the figure's 128 the line says to
             expect fewer images/s (batch 64: 6-13% fewer, the median
             per-round ratios of ``benchmarks/bench_batch_speed.py``).
 
@@ -410,18 +410,22 @@ def _set_numerics(config: TrainConfig) -> str:
 
 
 def _fit_to_data(config: TrainConfig, n_train: int, saved_resolved: dict):
-    """The short-run rules (the recipe's dropout, the minimum number of steps,
-    no translation below the recipe's number of epochs) applied to
-    ``n_train`` images; resuming, what the first start resolved.
+    """The run-length rules (batch size and learning rate of a long run, the
+    dropout of a short one, the minimum number of steps, no translation
+    below the recipe's number of epochs) applied to ``n_train`` images;
+    resuming, what the first start resolved.
 
     Returns:
         ``(config, short_run, batch_size_before_min_steps, steps_per_epoch)``.
     """
-    from kerasalex.config import short_run_rules
+    from kerasalex.config import is_long_run, run_length_rules
     from kerasalex.data import steps_per_epoch
 
+    # The batch the min-steps rule starts from: the recipe's, or a long run's.
     recipe_batch = config.batch_size
-    config, short, notes = short_run_rules(config, n_train)
+    if is_long_run(n_train, config.epochs, config.long_run_steps, config.long_run_batch_size):
+        recipe_batch = config.long_run_batch_size
+    config, short, notes = run_length_rules(config, n_train)
     for note in notes:
         _say(note)
     # Resuming, config.json already holds the adapted values: keep what the

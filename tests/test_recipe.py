@@ -122,6 +122,70 @@ def test_a_run_of_few_epochs_trains_without_translation_and_says_so(capsys):
         TrainConfig(translate=1.0)
 
 
+def test_a_long_run_trains_at_the_recipes_long_run_batch_and_lr_and_says_so(capsys):
+    from kerasalex.config import TrainConfig, is_long_run, resolve_config
+    from kerasalex.training import _fit_to_data
+
+    recipe = TrainConfig(batch_size=64, lr=0.02, dropout=0.0, min_steps=2500, translate_min_epochs=11,
+                         long_run_steps=10000, long_run_batch_size=128, long_run_lr=0.04, epochs=30)
+    # CIFAR-10's 45,000 training images x 30 epochs: 10,560 steps at batch 128.
+    config, short, recipe_batch, steps = _fit_to_data(recipe, 45000, {})
+    assert (config.batch_size, config.lr, short, recipe_batch, steps) == (128, 0.04, False, 128, 352)
+    assert config.translate == 0.125 and config.epochs == 30
+    assert ("batch size 128 (not 64), lr 0.04 (not 0.02): 45000 images x 30 epochs are 10560 steps at batch 128, "
+            "at least the recipe's 10000 for a long run") in capsys.readouterr().out
+    # 28 epochs are 9,856 steps at batch 128: not a long run; the recipe's batch 64 and lr stay, and nothing is said.
+    assert not is_long_run(45000, 28, 10000, 128) and is_long_run(45000, 29, 10000, 128)
+    config, short, recipe_batch, _ = _fit_to_data(recipe.replace(epochs=28), 45000, {})
+    assert (config.batch_size, config.lr, short, recipe_batch) == (64, 0.02, False, 64)
+    assert "batch size" not in capsys.readouterr().out
+    # Without a long-run lr the rule changes the batch size alone.
+    config, _, _, _ = _fit_to_data(recipe.replace(long_run_lr=None), 45000, {})
+    assert (config.batch_size, config.lr) == (128, 0.02)
+    assert "lr" not in capsys.readouterr().out.split("batch size 128 (not 64)")[1].split(":")[0]
+    # A long run of few epochs over many images also gets the short-epochs rule (flip only).
+    config, _, _, _ = _fit_to_data(recipe.replace(epochs=5), 450_000, {})
+    assert (config.batch_size, config.translate) == (128, 0.0)
+    # The scratch AlexNet's default recipe: batch 128 and lr 0.04 from 10,000 steps at batch 128 on
+    # (README, "Results": 30 CIFAR-10 epochs); a given --batch-size turns the rule off, a given --lr keeps the lr.
+    default = resolve_config("alexnet", "default")
+    assert (default.long_run_steps, default.long_run_batch_size, default.long_run_lr) == (10000, 128, 0.04)
+    assert (default.batch_size, default.lr) == (64, 0.02)
+    assert resolve_config("alexnet", "default", batch_size=64).long_run_steps == 0
+    assert resolve_config("alexnet", "default", hparams={"batch_size": 32}).long_run_steps == 0
+    given_lr = resolve_config("alexnet", "default", lr=0.01)
+    assert (given_lr.long_run_steps, given_lr.long_run_lr) == (10000, None)
+    assert _fit_to_data(given_lr, 45000, {})[0].lr == 0.01
+    assert resolve_config("alexnet", "study").long_run_steps == 0
+    with pytest.raises(ValueError, match="long_run_lr must be None or positive"):
+        TrainConfig(long_run_lr=0.0)
+    with pytest.raises(ValueError, match="long_run_batch_size must be at least 1"):
+        TrainConfig(long_run_batch_size=0)
+
+
+def test_a_long_run_records_its_resolved_batch_and_lr_and_resumes_with_them(tmp_path):
+    """A real run through the CLI whose hparams make it long (the tiny
+    digits slice, 15 steps an epoch at batch 8):
+    config.json holds the resolved batch size and learning rate, and a
+    resumed run keeps them."""
+    hparams = tmp_path / "long.json"
+    hparams.write_text(json.dumps({"long_run_steps": 20, "long_run_batch_size": 8, "long_run_lr": 0.01, "min_steps": 10}))
+    args = ["train", "--arch", "alexnet", "--dataset", "digits", "--limit", "120", "--image-size", "16",
+            "--precision", "float32", "--epochs", "2", "--hparams", str(hparams), "--run-dir", "run", "-o", "run.keras"]
+    killed = run_tiny_kerasalex(args, cwd=tmp_path, prelude=KILL_AT_EPOCH.format(kill_at=1))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert "batch size 8 (not 64), lr 0.01 (not 0.02)" in killed.stdout + killed.stderr
+    first = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (first["config"]["batch_size"], first["config"]["lr"]) == (8, 0.01)
+    assert first["resolved"]["steps_per_epoch"] == 15 and first["resolved"]["short_run"] is False
+    assert first["resolved"]["batch_size_before_min_steps"] == 8
+    resumed = tiny_cli_in(tmp_path, ["train", "--resume", "--run-dir", "run"])
+    assert resumed.exit_code == 0, resumed.output[-2000:]
+    again = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (again["config"]["batch_size"], again["config"]["lr"]) == (8, 0.01)
+    assert again["resolved"]["steps_per_epoch"] == 15
+
+
 def test_translate_zero_leaves_the_translation_layer_out_of_the_training_front():
     from kerasalex.models import build_model, training_model
 
@@ -299,7 +363,7 @@ def test_a_resumed_short_run_keeps_what_its_first_start_resolved(tmp_path):
         assert again["resolved"][key] == first["resolved"][key], key
 
 
-def test_tune_trials_apply_the_short_run_rules_to_their_own_epochs():
+def test_tune_trials_apply_the_run_length_rules_to_their_own_epochs():
     """A trial is a run of its own epochs: the same rules as `train` (so a
     short trial of an augmented model trains flip-only, as its retrain
     would), with a searched value counting as given (its rule off)."""
@@ -336,14 +400,14 @@ def test_tune_trials_apply_the_short_run_rules_to_their_own_epochs():
     assert KerasalexHyperModel(base, augment, data).trial_config(keras_tuner.HyperParameters()).translate == 0.125
 
 
-def test_tune_says_which_short_run_rules_its_trials_get(capsys):
+def test_tune_says_which_run_length_rules_its_trials_get(capsys):
     from kerasalex.config import resolve_config
     from kerasalex.tuning.run import _say_trial_rules
 
     base = resolve_config("alexnet", "default", epochs=10)
     _say_trial_rules(base, {"augment": {"values": [True, False]}}, 1293, 1)
     out = capsys.readouterr().out
-    assert "trials of 1 epoch apply train's short-run rules" in out
+    assert "trials of 1 epoch apply train's run-length rules" in out
     assert "random flip only" in out and "batch size 16 (not 64)" in out
     assert "--translate F keeps F (for trials that augment)" in out  # augment is searched: only some trials augment
     _say_trial_rules(base, {"augment": {"fixed": True}}, 1293, 1)

@@ -51,7 +51,7 @@ def tune(chief, worker, worker_id, overwrite, search_space, **options):
     """Search hyperparameters with keras-tuner; hand the best to `train`.
 
     Each trial builds the model with the same builder and trains it through
-    the same loop as `train`, with the recipe's short-run rules applied to
+    the same loop as `train`, with the recipe's run-length rules applied to
     its own epochs (a searched name's rule is off), and early stopping on
     the objective. At the
     end: trials.csv/trials.md, best_hparams.json (for `train --hparams`) and

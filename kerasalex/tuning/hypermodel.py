@@ -10,7 +10,7 @@ import keras
 import keras_tuner
 
 from kerasalex import files
-from kerasalex.config import TrainConfig, rules_off, short_run_rules, split_epochs
+from kerasalex.config import TrainConfig, rules_off, run_length_rules, split_epochs
 from kerasalex.tuning._common import objective_direction
 from kerasalex.tuning.settings import OBJECTIVES
 from kerasalex.tuning.space import define_hyperparameter
@@ -54,16 +54,16 @@ class KerasalexHyperModel(keras_tuner.HyperModel):
 
     def trial_config(self, hp, epochs: int | None = None) -> TrainConfig:
         """The TrainConfig of a trial: the base options with ``hp``'s values;
-        with ``epochs`` (the trial's), the recipe's short-run rules applied
+        with ``epochs`` (the trial's), the recipe's run-length rules applied
         to them as ``train`` applies them to a run
-        (:func:`kerasalex.config.short_run_rules`). A searched value counts
+        (:func:`kerasalex.config.run_length_rules`). A searched value counts
         as given, as in ``train --hparams``: its rule is off."""
         values = {name: define_hyperparameter(hp, name, spec) for name, spec in self.space.items()}
         config = self.base.replace(**values, **rules_off(values))
         if epochs is not None:
             # The rules see the trial's epochs; `epochs` itself stays the
             # base's (fit splits a two-stage trial's epochs by it).
-            config = short_run_rules(config.replace(epochs=int(epochs)), len(self.data.train))[0].replace(epochs=config.epochs)
+            config = run_length_rules(config.replace(epochs=int(epochs)), len(self.data.train))[0].replace(epochs=config.epochs)
         return config
 
     @staticmethod

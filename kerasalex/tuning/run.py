@@ -96,18 +96,18 @@ def search(config: TuneConfig, overwrite: bool = False, stop=None, verbose: int 
 
 
 def _say_trial_rules(base: TrainConfig, space: dict, train_images: int, max_epochs: int) -> None:
-    """One line: the recipe's short-run rules as a trial of ``max_epochs``
+    """One line: the recipe's run-length rules as a trial of ``max_epochs``
     epochs gets them (each trial applies them to its own epochs; a searched
     name's rule is off)."""
-    from kerasalex.config import rules_off, short_run_rules
+    from kerasalex.config import rules_off, run_length_rules
 
     augment_searched = "augment" in space and "fixed" not in space["augment"]
     config = base.replace(epochs=int(max_epochs), **rules_off(dict.fromkeys(space)))
-    notes = short_run_rules(config.replace(augment=True) if augment_searched else config, train_images)[2]
+    notes = run_length_rules(config.replace(augment=True) if augment_searched else config, train_images)[2]
     if augment_searched:
         notes = [f"{n} (for trials that augment)" if n.startswith("augmentation:") else n for n in notes]
     if notes:
-        say(f"trials of {max_epochs} epoch{'' if max_epochs == 1 else 's'} apply train's short-run rules (each trial to its own epochs): " + "; ".join(notes))
+        say(f"trials of {max_epochs} epoch{'' if max_epochs == 1 else 's'} apply train's run-length rules (each trial to its own epochs): " + "; ".join(notes))
 
 
 def _open_project(config: TuneConfig, who: str, overwrite: bool) -> Path:

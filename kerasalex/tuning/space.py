@@ -47,7 +47,7 @@ NOT_SEARCHABLE = frozenset({
     "arch", "recipe", "dataset", "data_dir", "val_split", "limit", "image_size", "resize", "epochs", "seed",
     "precision", "jit_compile", "steps_per_execution", "deterministic", "distribute", "run_dir", "output",
     "save_dir", "save_best", "weights", "base_weights", "unfreeze_from", "min_steps", "short_run_dropout",
-    "translate_min_epochs", "data_cache",
+    "translate_min_epochs", "long_run_steps", "long_run_batch_size", "long_run_lr", "data_cache",
 })
 
 
