@@ -203,7 +203,7 @@ def resolved_record(config: TrainConfig, data, model, steps: int, **fields) -> d
     return {
         "precision": fields["precision"], "steps_per_epoch": steps, "train_images": len(data.train),
         "batch_size": config.batch_size, "batch_size_before_min_steps": fields["recipe_batch"],
-        "short_run": fields["short"], "dropout": config.dropout,
+        "short_run": fields["short"], "dropout": config.dropout, "lr": config.lr,
         "translate": config.translate if config.augment else 0.0,
         "warmup_steps": schedule_warmup_steps(config, steps, steps * config.epochs),
         "val_images": len(data.val) if data.val is not None else 0,

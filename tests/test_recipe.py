@@ -178,7 +178,7 @@ def test_a_long_run_records_its_resolved_batch_and_lr_and_resumes_with_them(tmp_
     first = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (first["config"]["batch_size"], first["config"]["lr"]) == (8, 0.01)
     assert first["resolved"]["steps_per_epoch"] == 15 and first["resolved"]["short_run"] is False
-    assert first["resolved"]["batch_size_before_min_steps"] == 8
+    assert first["resolved"]["batch_size_before_min_steps"] == 8 and first["resolved"]["lr"] == 0.01
     resumed = tiny_cli_in(tmp_path, ["train", "--resume", "--run-dir", "run"])
     assert resumed.exit_code == 0, resumed.output[-2000:]
     again = json.loads((tmp_path / "run" / "config.json").read_text())

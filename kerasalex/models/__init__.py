@@ -211,7 +211,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                 # scaling rule, Goyal et al. 2017: twice batch 64's 0.02):
                 # 30 CIFAR-10 epochs 87.50% held-out (88.68% flip TTA) vs
                 # batch 64's 87.24% (88.48%) (README, "Results"), and batch
-                # 128 trains 6-13% more images/s than 64
+                # 64 trains 6-13% fewer images/s than 128
                 # (benchmarks/bench_batch_speed.py).
                 "default": dict(batch_size=64, dropout=0.0, min_steps=2500, translate_min_epochs=11,
                                 long_run_steps=10000, long_run_batch_size=128, long_run_lr=0.04),
