@@ -260,7 +260,7 @@ def rules_off(chosen: dict[str, Any]) -> dict[str, Any]:
     return off
 
 
-def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainConfig", bool, list[str]]:
+def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainConfig", bool, list[str], int]:
     """The recipe's run-length rules applied to a run of ``config.epochs``
     epochs over ``train_images`` images, in this order: a run of at least
     ``long_run_steps`` steps at ``long_run_batch_size`` trains at that batch
@@ -274,8 +274,10 @@ def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainCo
     to each trial's epochs.
 
     Returns:
-        ``(config, short_run, notes)``: the adapted config, whether the run
-        was short at the recipe's batch size, and one line per rule applied.
+        ``(config, short_run, notes, batch_before_min_steps)``: the adapted
+        config, whether the run was short at the recipe's batch size, one
+        line per rule applied, and the batch size the min-steps rule started
+        from (the recipe's, or the long-run rule's).
     """
     notes = []
     long_batch = int(config.long_run_batch_size)
@@ -288,6 +290,7 @@ def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainCo
                      f"{config.long_run_steps} for a long run, which batch {long_batch} trains faster at the same "
                      f"accuracy; --batch-size N keeps N" + (", --lr X keeps X" if lr_note else ""))
         config = config.replace(batch_size=long_batch, lr=lr)
+    batch_before_min_steps = config.batch_size
     short = is_short_run(config.batch_size, train_images, config.epochs, config.min_steps)
     if short and config.short_run_dropout is not None and config.dropout != config.short_run_dropout:
         notes.append(f"dropout {config.short_run_dropout:g} (not {config.dropout:g}): a run of fewer than "
@@ -306,7 +309,7 @@ def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainCo
                      f"epoch{'' if int(config.epochs) == 1 else 's'} "
                      f"would be {steps} steps, fewer than the recipe's {config.min_steps}; --batch-size N keeps N")
         config = config.replace(batch_size=batch)
-    return config, short, notes
+    return config, short, notes, batch_before_min_steps
 
 
 def recipe_values(recipe: str, arch: str) -> dict[str, Any]:

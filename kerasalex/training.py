@@ -418,14 +418,10 @@ def _fit_to_data(config: TrainConfig, n_train: int, saved_resolved: dict):
     Returns:
         ``(config, short_run, batch_size_before_min_steps, steps_per_epoch)``.
     """
-    from kerasalex.config import is_long_run, run_length_rules
+    from kerasalex.config import run_length_rules
     from kerasalex.data import steps_per_epoch
 
-    # The batch the min-steps rule starts from: the recipe's, or a long run's.
-    recipe_batch = config.batch_size
-    if is_long_run(n_train, config.epochs, config.long_run_steps, config.long_run_batch_size):
-        recipe_batch = config.long_run_batch_size
-    config, short, notes = run_length_rules(config, n_train)
+    config, short, notes, recipe_batch = run_length_rules(config, n_train)
     for note in notes:
         _say(note)
     # Resuming, config.json already holds the adapted values: keep what the
