@@ -133,11 +133,15 @@ def lean_save_weights(model, path: str) -> None:
 
 
 class InPlaceSGDUpdates:
-    """Mixin for a ``keras.optimizers.SGD`` subclass: each variable updated in
-    place by one TensorFlow kernel (``ResourceApplyKerasMomentum``), weight
-    decay applied per variable right before its update, and the updates run
+    """Mixin for a ``keras.optimizers.SGD`` subclass: each variable's weight
+    decay and momentum step done in place by one XLA-compiled function
+    (:func:`kerasalex.optimizers.momentum_update`; without momentum, the
+    ``ResourceApplyGradientDescent`` kernel), and the updates run
     one after the other, last layer first. With a Keras outside
     :data:`KERAS_RANGE` every method falls back to ``SGD``'s own.
+
+    The subclass gives the update as its ``momentum_update`` (a static
+    method with :func:`kerasalex.optimizers.momentum_update`'s signature).
 
     Overrides Keras's private ``_apply_weight_decay`` and
     ``_backend_update_step``, and reads ``_use_weight_decay``,
@@ -176,17 +180,20 @@ class InPlaceSGDUpdates:
         previous = getattr(self, "_previous_update", None)
         if getattr(previous, "graph", None) is not tf.compat.v1.get_default_graph():
             previous = None  # from another trace
-        with tf.control_dependencies([previous] if previous is not None else []):
-            if self.weight_decay is not None and self._use_weight_decay(variable):
-                wd = tf.cast(self.weight_decay, var.dtype)
-                previous = var.assign_sub(var * (lr * wd), read_value=False)
+        decay = None
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            decay = tf.cast(self.weight_decay, var.dtype)
         with tf.control_dependencies([previous] if previous is not None else []):
             if self.momentum != 0:
                 m = tf_variable(self.momentums[self._get_variable_index(variable)])
-                update = tf.raw_ops.ResourceApplyKerasMomentum(
-                    var=var.handle, accum=m.handle, lr=lr, grad=gradient,
-                    momentum=tf.cast(self.momentum, var.dtype), use_locking=False, use_nesterov=bool(self.nesterov),
-                )
+                if "_kerasalex_xla_updates" not in self.__dict__:
+                    object.__setattr__(self, "_kerasalex_xla_updates", {})  # not tracked by Keras
+                update = self.momentum_update(var, m, gradient, lr, tf.cast(self.momentum, var.dtype), decay,
+                                         nesterov=bool(self.nesterov), cache=self._kerasalex_xla_updates)
             else:
-                update = tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr, delta=gradient, use_locking=False)
+                if decay is not None:
+                    previous = var.assign_sub(var * (lr * decay), read_value=False)
+                with tf.control_dependencies([previous] if previous is not None else []):
+                    update = tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr, delta=gradient,
+                                                                     use_locking=False)
         self._previous_update = update

@@ -62,7 +62,7 @@ def cli():
     """Train, evaluate, tune and reuse AlexNet-family image classifiers (Keras 3).
 
     \b
-    Quick start (offline; training: 96 s of CPU time in bfloat16, 97.8% test
+    Quick start (offline; training: 116 s of CPU time in bfloat16, 97.8% test
     accuracy, measured on 2 vCPUs of an AMD EPYC with AVX512-BF16; see the README):
       kerasalex train --arch alexnet --dataset digits --epochs 5 --run-dir runs/digits
       kerasalex evaluate saved_models/digits.keras      # on its own dataset, into runs/digits/

@@ -104,8 +104,9 @@ def test_other_optimizer_classes_from_kerasalex_are_refused(tmp_path):
 
 
 def test_updates_run_one_after_another():
-    """In a traced step every variable's update waits for the previous one's
-    (through its weight decay), so their temporaries never coexist."""
+    """In a traced step every variable's update (one XLA-compiled call:
+    decay and momentum step) waits for the previous one's, so their
+    temporaries never coexist."""
     import tensorflow as tf
 
     variables = [keras.Variable(np.ones((4, 4), "float32"), name=f"v{i}") for i in range(3)]
@@ -117,8 +118,15 @@ def test_updates_run_one_after_another():
         opt.apply([tf.ones((4, 4))] * 3, variables)
 
     graph = step.get_concrete_function().graph
-    applies = [op for op in graph.get_operations() if op.type == "ResourceApplyKerasMomentum"]
+    def xla_call(op):
+        try:
+            return op.type.endswith("PartitionedCall") and bool(op.get_attr("_XlaMustCompile"))
+        except ValueError:  # no such attribute
+            return False
+
+    applies = [op for op in graph.get_operations() if xla_call(op)]
     assert len(applies) == 3
+    assert not [op for op in graph.get_operations() if op.type.startswith("ResourceApply")]
 
     def ancestors(op, seen=None):
         seen = set() if seen is None else seen
