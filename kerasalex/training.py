@@ -97,17 +97,33 @@ def resolve_precision(precision: str) -> str:
 
 
 # The CPUs the registry's cpu_images_per_second figures were measured on:
-# keys without a suffix on the first, keys ending in ":avx2" on the second
-# (float32 on a CPU without AVX-512, where oneDNN has half the vector width).
+# keys without a suffix on the first; keys ending in ":avx2" on the second
+# (float32 on a CPU without AVX-512, where oneDNN has half the vector width);
+# keys ending in ":amx" on the third (bfloat16 on a CPU with AMX tile units,
+# which oneDNN uses for bfloat16 matmuls and convolutions).
 MEASURED_ON = "2 vCPUs of an AMD EPYC (AVX512-BF16)"
 MEASURED_ON_AVX2 = "2 vCPUs of an AMD EPYC (AVX2, no AVX-512)"
+MEASURED_ON_AMX = "2 vCPUs of an Intel Xeon (AMX-BF16)"
+_MEASURED_ON_BY_SUFFIX = {"": MEASURED_ON, "avx2": MEASURED_ON_AVX2, "amx": MEASURED_ON_AMX}
 
 
 def cpu_figure_key(policy: str) -> str:
     """The ``cpu_images_per_second`` key for ``policy`` on this CPU:
-    ``"float32:avx2"`` for float32 on a CPU without ``avx512f``, else the
-    policy itself."""
-    return f"{policy}:avx2" if policy == "float32" and "avx512f" not in cpu_flags() else policy
+    ``"float32:avx2"`` for float32 on a CPU without ``avx512f``,
+    ``"mixed_bfloat16:amx"`` for bfloat16 on a CPU with ``amx_bf16``, else
+    the policy itself."""
+    flags = cpu_flags()
+    if policy == "float32" and "avx512f" not in flags:
+        return "float32:avx2"
+    if policy == "mixed_bfloat16" and "amx_bf16" in flags:
+        return "mixed_bfloat16:amx"
+    return policy
+
+
+def measured_on(key: str) -> str:
+    """The CPU a ``cpu_images_per_second`` key's figure was measured on
+    (:data:`MEASURED_ON`, :data:`MEASURED_ON_AVX2` or :data:`MEASURED_ON_AMX`)."""
+    return _MEASURED_ON_BY_SUFFIX[key.partition(":")[2]]
 
 
 def explain_precision(requested: str, policy: str, arch: str | None = None, batch_size: int | None = None) -> str:
@@ -120,14 +136,17 @@ def explain_precision(requested: str, policy: str, arch: str | None = None, batc
         arch: the architecture (figures exist for ``alexnet`` on CPUs).
         batch_size: the run's batch size before the run-length rules (which
             may change it); below the figure's 128 the line says to
-            expect fewer images/s (batch 64: 6-13% fewer, the median
-            per-round ratios of ``benchmarks/bench_batch_speed.py``).
+            expect fewer images/s (batch 64: 6-13% fewer on the AMD CPUs,
+            the median per-round ratios of ``benchmarks/bench_batch_speed.py``;
+            ~20% fewer on the Intel AMX one, paired whole runs).
 
     Example:
         ``precision float32 (auto: this CPU has no bfloat16 units, no avx512_bf16/amx_bf16 flag);
-        expect ~137 images/s or less at batch 128 and 32 px (measured on 2 vCPUs of an AMD EPYC
-        (AVX512-BF16): benchmarks/bench_gpu.py)``; on a CPU without AVX-512 the
-        figure measured on one (:func:`cpu_figure_key`).
+        expect ~137 images/s at batch 128 and 32 px (measured on 2 vCPUs of an AMD EPYC
+        (AVX512-BF16): benchmarks/bench_gpu.py)``; on a CPU without AVX-512, or
+        with AMX, the figure measured on one (:func:`cpu_figure_key`). A
+        figure is one machine's: another CPU of the same kind can be faster
+        or slower.
     """
     if requested != "auto":
         why = "as --precision asked"
@@ -146,8 +165,8 @@ def explain_precision(requested: str, policy: str, arch: str | None = None, batc
                 policy, "no tensor cores kerasalex uses")
             why = f"auto: GPU {name}, compute capability {cc[0]}.{cc[1]}, {kind}"
         elif policy == "mixed_bfloat16":
-            flag = "avx512_bf16" if "avx512_bf16" in cpu_flags() else "amx_bf16"
-            why = f"auto: this CPU has bfloat16 units, {flag}"
+            flags = " + ".join(f for f in ("avx512_bf16", "amx_bf16") if f in cpu_flags()) or "amx_bf16"
+            why = f"auto: this CPU has bfloat16 units, {flags}"
         else:
             why = "auto: this CPU has no bfloat16 units, no avx512_bf16/amx_bf16 flag"
     line = f"precision {policy} ({why})"
@@ -158,11 +177,12 @@ def explain_precision(requested: str, policy: str, arch: str | None = None, batc
     figure = row.cpu_images_per_second.get(key) if row is not None else None
     if figure is not None and not gpu_devices():
         speed, source = figure
-        machine = MEASURED_ON_AVX2 if key.endswith(":avx2") else MEASURED_ON
-        line += (f"; expect ~{speed:.0f} images/s or less at batch 128 and {row.image_size} px "
-                 f"(measured on {machine}: {source})")
+        line += (f"; expect ~{speed:.0f} images/s at batch 128 and {row.image_size} px "
+                 f"(measured on {measured_on(key)}: {source})")
         if batch_size is not None and int(batch_size) < 128:
-            line += ", fewer at a smaller batch (64: 6-13% fewer, benchmarks/bench_batch_speed.py)"
+            fewer, where = (("~20%", "paired runs, README \"Benchmarks\"") if key.endswith(":amx")
+                            else ("6-13%", "benchmarks/bench_batch_speed.py"))
+            line += f", fewer at a smaller batch (64: {fewer} fewer, {where})"
     return line
 
 

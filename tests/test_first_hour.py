@@ -165,6 +165,16 @@ def test_a_run_prints_its_precision_and_why(run, monkeypatch):
     assert line.endswith("at batch 128 and 32 px (measured on 2 vCPUs of an AMD EPYC (AVX512-BF16): the README's "
                          "30-epoch batch-128 CIFAR-10 run), fewer at a smaller batch (64: 6-13% fewer, benchmarks/bench_batch_speed.py)")
     assert "fewer at" not in T.explain_precision("auto", T.resolve_precision("auto"), "alexnet", batch_size=128)
+    # A CPU with AMX tile units (Intel Xeon): bfloat16 there is the AMX machine's figure, not the AMD one's
+    monkeypatch.setattr(T, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert T.cpu_figure_key("mixed_bfloat16") == "mixed_bfloat16:amx" and T.cpu_figure_key("float32") == "float32"
+    line = T.explain_precision("auto", T.resolve_precision("auto"), "alexnet", batch_size=64)
+    assert line.startswith("precision mixed_bfloat16 (auto: this CPU has bfloat16 units, avx512_bf16 + amx_bf16)")
+    amx, _ = ARCHITECTURES["alexnet"].cpu_images_per_second["mixed_bfloat16:amx"]
+    assert f"expect ~{amx:.0f} images/s" in line and "(measured on 2 vCPUs of an Intel Xeon (AMX-BF16)" in line
+    assert amx > 226 and line.endswith('(64: ~20% fewer, paired runs, README "Benchmarks")')
+    for key in ARCHITECTURES["alexnet"].cpu_images_per_second:  # every figure names its machine
+        assert T.measured_on(key).startswith("2 vCPUs of an ")
     assert "expect" not in T.explain_precision("auto", "float32", "vgg16")  # no figure measured: none quoted
 
 

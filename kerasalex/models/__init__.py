@@ -72,7 +72,9 @@ class Architecture:
             batch 128 and its image size, where it was measured) on the
             reference CPU (:data:`kerasalex.training.MEASURED_ON`; keys
             ending in ``":avx2"``: float32 on a CPU without AVX-512,
-            :data:`kerasalex.training.MEASURED_ON_AVX2`), quoted by a run's
+            :data:`kerasalex.training.MEASURED_ON_AVX2`; ending in
+            ``":amx"``: bfloat16 on a CPU with AMX,
+            :data:`kerasalex.training.MEASURED_ON_AMX`), quoted by a run's
             first line.
         study_weights_flag: the ``kerasalex study`` option (without ``--``)
             that passes its pretrained weights, when it has one.
@@ -172,10 +174,16 @@ ARCHITECTURES: dict[str, Architecture] = {
             # "float32:avx2": 2 vCPUs of an AMD EPYC with AVX2 and no AVX-512
             # (kerasalex.training.MEASURED_ON_AVX2), the first epoch of a
             # CIFAR-10 run (45,000 images, batch 128; history.csv).
+            # "mixed_bfloat16:amx": 2 vCPUs of an Intel Xeon with AMX-BF16
+            # (kerasalex.training.MEASURED_ON_AMX), the median Done-line
+            # images/s of four `train --limit 12800 --epochs 2 --batch-size
+            # 128 --lr 0.04` runs (README, "Benchmarks"); batch 64 trains
+            # ~20% fewer images/s there.
             cpu_images_per_second={
                 "mixed_bfloat16": (225.6, "the README's 30-epoch batch-128 CIFAR-10 run"),
                 "float32": (137.0, "benchmarks/bench_gpu.py"),
                 "float32:avx2": (34.8, "an epoch of the README's 5-epoch batch-128 CIFAR-10 run"),
+                "mixed_bfloat16:amx": (484.0, "paired 2-epoch batch-128 runs on 12,800 CIFAR-10 images"),
             },
             recipes={
                 # No dropout at every budget, batch 64 (but for long runs,
