@@ -28,7 +28,10 @@ is fast it is a large fixed cost of every step, paid twice as often at
 batch 64 as at 128. Measured with ``benchmarks/bench_batch_speed.py``
 (2 vCPUs Intel Xeon with AMX-BF16, mixed_bfloat16, synthetic batches):
 the update alone 39.5 -> 23-25 ms, a batch-64 train step 171 -> 147-157 ms,
-batch 128 250 -> 225-240 ms; on 2 vCPUs of an AMD EPYC with AVX512-BF16 an
+batch 128 250 -> 225-240 ms; whole ``kerasalex train --limit 12800
+--epochs 2 --batch-size 64`` commands, four alternating pairs with the
+kernels above: 1.05x the images/s, 0.94x the CPU seconds (README,
+"Benchmarks"); on 2 vCPUs of an AMD EPYC with AVX512-BF16 an
 earlier measurement found the update alone 39 -> 22 ms and the whole step
 within noise (0.99-1.04x). The model's own ``--jit-compile`` setting is
 separate: it compiles the whole step (slower on CPUs), this compiles only
