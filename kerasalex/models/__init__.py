@@ -33,6 +33,7 @@ import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 from kerasalex import files
+from kerasalex.config import DEFAULT_TRANSLATE
 
 # Options `train` and `tune` pass to every builder, whatever the architecture
 # (TrainConfig fields that always hold a value): a builder that does not take
@@ -375,7 +376,7 @@ TRAINING_SUFFIX = "_training"
 
 
 def training_model(model, augment: bool = False, seed: int | None = None, random_erasing: float = 0.0,
-                   translate: float = 0.125):
+                   translate: float = DEFAULT_TRANSLATE):
     """The model ``fit`` trains: ``model`` nested behind the training-only
     augmentation front (random flip + translation when ``augment``).
 
