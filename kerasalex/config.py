@@ -33,13 +33,6 @@ def low_memory_requested() -> bool:
     raise ValueError(f"KERASALEX_LOW_MEMORY must be 1 or 0. Received: {value!r}")
 
 
-# The augmentation's default random translation, as a fraction of the image
-# side: 1/8, the "pad 4 and crop 32" of CIFAR recipes (He et al. 2016, the
-# ResNet paper's CIFAR-10 augmentation). TrainConfig, training_model and
-# preprocessing.augment all default to it.
-DEFAULT_TRANSLATE = 0.125
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Every option of a training run. Field docs are the CLI's ``--help``."""
@@ -60,8 +53,8 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     augment: bool = True
     # The augmentation's random translation, as a fraction of the image side
-    # (DEFAULT_TRANSLATE: CIFAR recipes' "pad 4 and crop 32"); 0 = random flip only.
-    translate: float = DEFAULT_TRANSLATE
+    # (1/8: CIFAR recipes' "pad 4 and crop 32"); 0 = random flip only.
+    translate: float = 0.125
     # Runs of fewer epochs than this train without the translation (flip
     # only): a few passes over the data underfit, and the translation only
     # slows them. 0 = always translate. resolve_config sets 0 when

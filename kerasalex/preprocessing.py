@@ -24,8 +24,6 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from kerasalex.config import DEFAULT_TRANSLATE
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # keras.applications.vgg16.preprocess_input ("caffe" mode): BGR, minus these means.
@@ -82,8 +80,7 @@ def resize(x, height: int, width: int, name: str = "resize"):
     return layers.Resizing(height, width, interpolation="bilinear", name=name)(x, training=False)
 
 
-def augment(x, enabled: bool, seed: int | None = None, translate: float = DEFAULT_TRANSLATE,
-            random_erasing: float = 0.0):
+def augment(x, enabled: bool, seed: int | None = None, translate: float = 0.125, random_erasing: float = 0.0):
     """Training-only augmentation: random horizontal flip and random translation
     by up to ``translate`` of the image (1/8: the "pad 4 and crop 32" of CIFAR
     recipes; 0: flip only, no translation layer), by whole pixels (nearest),

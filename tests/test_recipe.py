@@ -198,6 +198,23 @@ def test_translate_zero_leaves_the_translation_layer_out_of_the_training_front()
     assert "augment_flip" in names and "augment_translate" not in names
 
 
+def test_the_three_translation_defaults_agree():
+    """TrainConfig, training_model and preprocessing.augment each default
+    ``translate`` (the layers below config cannot import it): one value."""
+    import inspect
+
+    from kerasalex import preprocessing
+    from kerasalex.config import TrainConfig
+    from kerasalex.models import training_model
+
+    defaults = {
+        "TrainConfig": TrainConfig().translate,
+        "training_model": inspect.signature(training_model).parameters["translate"].default,
+        "preprocessing.augment": inspect.signature(preprocessing.augment).parameters["translate"].default,
+    }
+    assert set(defaults.values()) == {0.125}, defaults
+
+
 # --------------------------------------------------------------------------
 # Test-time augmentation
 # --------------------------------------------------------------------------

@@ -33,7 +33,6 @@ import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 from kerasalex import files
-from kerasalex.config import DEFAULT_TRANSLATE
 
 # Options `train` and `tune` pass to every builder, whatever the architecture
 # (TrainConfig fields that always hold a value): a builder that does not take
@@ -376,7 +375,7 @@ TRAINING_SUFFIX = "_training"
 
 
 def training_model(model, augment: bool = False, seed: int | None = None, random_erasing: float = 0.0,
-                   translate: float = DEFAULT_TRANSLATE):
+                   translate: float = 0.125):
     """The model ``fit`` trains: ``model`` nested behind the training-only
     augmentation front (random flip + translation when ``augment``).
 
