@@ -59,11 +59,14 @@ def time_to(history: list[dict], target: float) -> tuple[float | None, int | Non
 
 
 def cpu_name() -> str:
-    """The CPU for the report: model name, cores, and whether it has AVX512-BF16."""
+    """The CPU for the report: model name, cores, and its bfloat16 flags
+    (``avx512_bf16``, ``amx_bf16``: what precision ``auto`` looks for), e.g.
+    ``"Intel(R) Xeon(R) Processor, 2 cores, with avx512_bf16 + amx_bf16"``."""
     from kerasalex.device import cpu_flags, cpu_model_name
 
-    bf16 = "avx512_bf16" in cpu_flags()
-    return f"{cpu_model_name()}, {os.cpu_count()} cores, {'with' if bf16 else 'without'} AVX512-BF16"
+    flags = cpu_flags()
+    bf16 = " + ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+    return f"{cpu_model_name()}, {os.cpu_count()} cores, " + (f"with {bf16}" if bf16 else "no avx512_bf16/amx_bf16")
 
 
 def run_recipe(recipe: str, data: Path, out: Path, args) -> dict:

@@ -89,8 +89,9 @@ def test_bench_time_to_accuracy_smoke_reports_both_recipes(tmp_path):
     assert {r["recipe"] for r in rows} == {"default", "study"}
     from kerasalex.device import cpu_flags, cpu_model_name
 
-    bf16 = "with" if "avx512_bf16" in cpu_flags() else "without"
-    assert result["cpu"] == f"{cpu_model_name()}, {os.cpu_count()} cores, {bf16} AVX512-BF16"
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in cpu_flags()]
+    bf16 = f"with {' + '.join(found)}" if found else "no avx512_bf16/amx_bf16"
+    assert result["cpu"] == f"{cpu_model_name()}, {os.cpu_count()} cores, {bf16}"
     for row in rows:
         assert row["epochs"] == 1
         # a target of 0 is reached at the first epoch, after a positive time
