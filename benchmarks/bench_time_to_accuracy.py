@@ -62,10 +62,9 @@ def cpu_name() -> str:
     """The CPU for the report: model name, cores, and its bfloat16 flags
     (``avx512_bf16``, ``amx_bf16``: what precision ``auto`` looks for), e.g.
     ``"Intel(R) Xeon(R) Processor, 2 cores, with avx512_bf16 + amx_bf16"``."""
-    from kerasalex.device import cpu_flags, cpu_model_name
+    from kerasalex.device import bf16_flags, cpu_flags, cpu_model_name
 
-    flags = cpu_flags()
-    bf16 = " + ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+    bf16 = " + ".join(bf16_flags(cpu_flags()))
     return f"{cpu_model_name()}, {os.cpu_count()} cores, " + (f"with {bf16}" if bf16 else "no avx512_bf16/amx_bf16")
 
 

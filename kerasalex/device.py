@@ -25,6 +25,17 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# The CPU flags of bfloat16 units (x86 /proc/cpuinfo names): precision
+# "auto" picks mixed_bfloat16 on a CPU with either.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_flags(flags: set[str]) -> list[str]:
+    """The bfloat16 flags among ``flags`` (a :func:`cpu_flags` set), in
+    :data:`BF16_CPU_FLAGS` order; empty on a CPU without bfloat16 units."""
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
 def cpu_model_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``'s ``model name``, e.g. ``AMD EPYC
     9R14``); where there is none, :func:`platform.processor` or the machine type."""

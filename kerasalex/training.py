@@ -23,6 +23,7 @@ from kerasalex.compiling import WARMUP_MAX_FRACTION, compile_model, make_optimiz
 from kerasalex.config import TrainConfig
 from kerasalex.data import MAX_HELD_OUT_NAMES, training_data_record  # noqa: F401  (the data's own record)
 from kerasalex.device import (  # noqa: F401
+    bf16_flags,
     cpu_flags,
     describe_device,
     gpu_devices,
@@ -90,8 +91,7 @@ def resolve_precision(precision: str) -> str:
         if cc[0] >= 8:
             return "mixed_bfloat16"
         return "mixed_float16" if cc[0] >= 7 else "float32"
-    flags = cpu_flags()
-    if {"avx512_bf16", "amx_bf16"} & flags:
+    if bf16_flags(cpu_flags()):
         return "mixed_bfloat16"
     return "float32"
 
@@ -165,7 +165,7 @@ def explain_precision(requested: str, policy: str, arch: str | None = None, batc
                 policy, "no tensor cores kerasalex uses")
             why = f"auto: GPU {name}, compute capability {cc[0]}.{cc[1]}, {kind}"
         elif policy == "mixed_bfloat16":
-            flags = " + ".join(f for f in ("avx512_bf16", "amx_bf16") if f in cpu_flags()) or "amx_bf16"
+            flags = " + ".join(bf16_flags(cpu_flags())) or "amx_bf16"
             why = f"auto: this CPU has bfloat16 units, {flags}"
         else:
             why = "auto: this CPU has no bfloat16 units, no avx512_bf16/amx_bf16 flag"
