@@ -75,9 +75,10 @@ class TrainConfig:
     # min_steps steps): such a run underfits, and dropout only slows it.
     # None = keep --dropout. resolve_config sets None when --dropout is given.
     short_run_dropout: float | None = None
-    # Long runs: when the batch size was not set, a run that takes at least
-    # long_run_steps optimizer steps at long_run_batch_size trains at that
-    # batch size (more images/s on a CPU) with the learning rate long_run_lr
+    # Runs long enough for a larger batch: when the batch size was not set, a
+    # run that takes at least long_run_steps optimizer steps at
+    # long_run_batch_size trains at that batch size (more images/s: a step's
+    # fixed cost is paid for more images) with the learning rate long_run_lr
     # (None = keep --lr). 0 = off. resolve_config sets long_run_steps 0 when
     # --batch-size is given and long_run_lr None when --lr is given.
     long_run_steps: int = 0
@@ -268,7 +269,10 @@ def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainCo
     ``min_steps`` steps at its batch size trains with ``short_run_dropout``
     (when set); a run of fewer than ``translate_min_epochs`` epochs trains
     with the random flip only (``translate`` 0); the batch size is halved
-    until the run has ``min_steps`` steps (:func:`auto_batch_size`). A rule
+    until the run has ``min_steps`` steps (:func:`auto_batch_size`). A run
+    the first rule applies to is not short and keeps its batch size: its
+    ``long_run_steps`` steps are its minimum (the scratch AlexNet's default
+    recipe: 1,400 at batch 128, below its ``min_steps`` 2,500 at batch 64). A rule
     whose option the user gave is off: :func:`resolve_config` zeroes its
     field (:func:`rules_off`). ``train`` applies them to its run, ``tune``
     to each trial's epochs.
@@ -281,17 +285,20 @@ def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainCo
     """
     notes = []
     long_batch = int(config.long_run_batch_size)
-    if long_batch != config.batch_size and is_long_run(train_images, config.epochs, config.long_run_steps, long_batch):
+    long = long_batch != config.batch_size and is_long_run(train_images, config.epochs, config.long_run_steps, long_batch)
+    if long:
         lr = config.lr if config.long_run_lr is None else float(config.long_run_lr)
         steps = int(config.epochs) * -(-int(train_images) // long_batch)
         lr_note = f", lr {lr:g} (not {config.lr:g})" if lr != config.lr else ""
         notes.append(f"batch size {long_batch} (not {config.batch_size}){lr_note}: {train_images} images x "
                      f"{config.epochs} epochs are {steps} steps at batch {long_batch}, at least the recipe's "
-                     f"{config.long_run_steps} for a long run, which batch {long_batch} trains faster at the same "
-                     f"accuracy; --batch-size N keeps N" + (", --lr X keeps X" if lr_note else ""))
+                     f"{config.long_run_steps} for batch {long_batch}, which trains more images/s; "
+                     f"--batch-size N keeps N" + (", --lr X keeps X" if lr_note else ""))
         config = config.replace(batch_size=long_batch, lr=lr)
     batch_before_min_steps = config.batch_size
-    short = is_short_run(config.batch_size, train_images, config.epochs, config.min_steps)
+    # A run long enough for the larger batch has its own minimum (long_run_steps): neither the short-run
+    # dropout nor the min-steps halving applies to it.
+    short = not long and is_short_run(config.batch_size, train_images, config.epochs, config.min_steps)
     if short and config.short_run_dropout is not None and config.dropout != config.short_run_dropout:
         notes.append(f"dropout {config.short_run_dropout:g} (not {config.dropout:g}): a run of fewer than "
                      f"{config.min_steps} steps at batch {config.batch_size} underfits, and dropout only slows it; "
@@ -302,7 +309,8 @@ def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainCo
         notes.append(f"augmentation: random flip only (no translation): a run of {most} epoch{'' if most == 1 else 's'} "
                      f"or fewer underfits, and the translation only slows it; --translate F keeps F")
         config = config.replace(translate=0.0)
-    batch = auto_batch_size(config.batch_size, train_images, config.epochs, config.min_steps)
+    batch = config.batch_size if long else auto_batch_size(config.batch_size, train_images, config.epochs,
+                                                           config.min_steps)
     if batch != config.batch_size:
         steps = int(config.epochs) * max(1, -(-int(train_images) // int(config.batch_size)))
         notes.append(f"batch size {batch} (not {config.batch_size}): {train_images} images x {config.epochs} "

@@ -78,10 +78,11 @@ TRAIN_OPTIONS: dict[str, Option] = {
                         "unless --fine-tune-epochs says how many fine-tune."),
     "batch_size": _opt("--batch-size", type=click.IntRange(min=1), default=None,
                        help="Global batch size, kept as given [recipe; alexnet's default recipe: 64, 128 for runs of "
-                            "10,000+ steps at 128, halved (down to 16) until the run has 2,500 steps]."),
+                            "1,400+ steps at 128 (CIFAR-10: 4+ epochs), else halved (down to 16) "
+                            "until the run has 2,500 steps]."),
     "optimizer": _opt("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [recipe]."),
     "lr": _opt("--lr", type=float, default=None,
-               help="Peak learning rate [recipe; alexnet's default recipe: 0.02, 0.04 when a long run takes batch 128]."),
+               help="Peak learning rate [recipe; alexnet's default recipe: 0.02, 0.04 when a run takes batch 128]."),
     "momentum": _opt("--momentum", type=float, default=None, help="SGD momentum [recipe]."),
     "weight_decay": _opt("--weight-decay", type=float, default=None, help="Decoupled weight decay [recipe]."),
     "label_smoothing": _opt("--label-smoothing", type=float, default=None, help="Label smoothing [recipe]."),

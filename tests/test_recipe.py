@@ -133,7 +133,7 @@ def test_a_long_run_trains_at_the_recipes_long_run_batch_and_lr_and_says_so(caps
     assert (config.batch_size, config.lr, short, recipe_batch, steps) == (128, 0.04, False, 128, 352)
     assert config.translate == 0.125 and config.epochs == 30
     assert ("batch size 128 (not 64), lr 0.04 (not 0.02): 45000 images x 30 epochs are 10560 steps at batch 128, "
-            "at least the recipe's 10000 for a long run") in capsys.readouterr().out
+            "at least the recipe's 10000 for batch 128, which trains more images/s") in capsys.readouterr().out
     # 28 epochs are 9,856 steps at batch 128: not a long run; the recipe's batch 64 and lr stay, and nothing is said.
     assert not is_long_run(45000, 28, 10000, 128) and is_long_run(45000, 29, 10000, 128)
     config, short, recipe_batch, _ = _fit_to_data(recipe.replace(epochs=28), 45000, {})
@@ -146,15 +146,29 @@ def test_a_long_run_trains_at_the_recipes_long_run_batch_and_lr_and_says_so(caps
     # A long run of few epochs over many images also gets the short-epochs rule (flip only).
     config, _, _, _ = _fit_to_data(recipe.replace(epochs=5), 450_000, {})
     assert (config.batch_size, config.translate) == (128, 0.0)
-    # The scratch AlexNet's default recipe: batch 128 and lr 0.04 from 10,000 steps at batch 128 on
-    # (README, "Results": 30 CIFAR-10 epochs); a given --batch-size turns the rule off, a given --lr keeps the lr.
+    # The scratch AlexNet's default recipe: batch 128 and lr 0.04 from 1,400 steps at batch 128 on, so
+    # CIFAR-10's 45,000 images from 4 epochs (README, "Results": 5 epochs 81.30%, 30 epochs 87.50%);
+    # 3 epochs (1,056 steps at 128) stay at batch 64, halved to 32 by the min-steps rule; the small
+    # datasets keep batch 64 and lr 0.02 before that rule (digits: 1,293 images, 55 steps at 128 in 5 epochs).
+    # A given --batch-size turns the rule off, a given --lr keeps the lr.
     default = resolve_config("alexnet", "default")
-    assert (default.long_run_steps, default.long_run_batch_size, default.long_run_lr) == (10000, 128, 0.04)
+    assert (default.long_run_steps, default.long_run_batch_size, default.long_run_lr) == (1400, 128, 0.04)
     assert (default.batch_size, default.lr) == (64, 0.02)
+    # 4 and 5 epochs are fewer than min_steps' 2,500 steps at batch 128: the rule's 1,400 steps are their
+    # minimum, so they are not short and the min-steps rule does not halve their batch.
+    for epochs, batch, lr, is_short in ((30, 128, 0.04, False), (5, 128, 0.04, False), (4, 128, 0.04, False),
+                                        (3, 32, 0.02, True)):
+        resolved, short, recipe_batch, _ = _fit_to_data(default.replace(epochs=epochs), 45000, {})
+        assert (epochs, resolved.batch_size, resolved.lr, short) == (epochs, batch, lr, is_short)
+        assert recipe_batch == (128 if batch == 128 else 64)
+    for images, epochs, batch in ((1293, 5, 16), (9000, 5, 16), (9000, 10, 32)):
+        resolved = _fit_to_data(default.replace(epochs=epochs), images, {})[0]
+        assert (images, epochs, resolved.batch_size, resolved.lr) == (images, epochs, batch, 0.02)
+    capsys.readouterr()
     assert resolve_config("alexnet", "default", batch_size=64).long_run_steps == 0
     assert resolve_config("alexnet", "default", hparams={"batch_size": 32}).long_run_steps == 0
     given_lr = resolve_config("alexnet", "default", lr=0.01)
-    assert (given_lr.long_run_steps, given_lr.long_run_lr) == (10000, None)
+    assert (given_lr.long_run_steps, given_lr.long_run_lr) == (1400, None)
     assert _fit_to_data(given_lr, 45000, {})[0].lr == 0.01
     assert resolve_config("alexnet", "study").long_run_steps == 0
     with pytest.raises(ValueError, match="long_run_lr must be None or positive"):
