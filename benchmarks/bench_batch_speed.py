@@ -1,9 +1,9 @@
 """Training-step speed of the scratch AlexNet's recipes, paired in one process.
 
-The default recipe trains at batch 64 (more optimizer steps per epoch, which
-pays in accuracy per second: README, "Recipes"), and long runs (at least
-10,000 steps at batch 128, e.g. 29 or more CIFAR-10 epochs) at batch 128;
-the default before 2026-12-03 trained at batch 128 with dropout 0.5. A step has a cost that
+The default recipe trains at batch 128 in runs of at least 1,400 steps at
+batch 128 (CIFAR-10's 45,000 images from 4 epochs) and at batch 64 (halved
+on small datasets) below; until 2026-12-07 it trained at batch 64 below
+10,000 steps at 128, and before 2026-12-03 at batch 128 with dropout 0.5. A step has a cost that
 does not shrink with the batch (the weight casts, the dense kernels'
 gradients and the SGD update over 29.6M parameters: memory traffic), so
 images/second falls with the batch. This script measures by how much, on
@@ -23,10 +23,11 @@ medians over rounds, and the ratios are taken round by round.
 
 A configuration is ``name:batch:translate:dropout``. The defaults:
 ``long`` (batch 128, flip + translation 0.125, no dropout: the default
-recipe's long runs, ``long_run_steps`` in its registry row), ``default``
-(batch 64, flip + translation, no dropout: its runs of 11 epochs or more
-below that), ``short`` (batch 64, flip only: its runs of 10 epochs or fewer, see
-``translate_min_epochs``) and ``old-default``
+recipe's runs of 11 epochs or more from ``long_run_steps`` on, see its
+registry row), ``default`` (batch 64, flip + translation, no dropout: its
+runs of 11 epochs or more below that, small datasets), ``short`` (batch 64,
+flip only: those of 10 epochs or fewer, see ``translate_min_epochs``) and
+``old-default``
 (batch 128, translation 0.125, dropout 0.5: the default until 2026-12-03).
 The first configuration named ``old-default`` (else the last one) is the
 reference of the ratios.

@@ -430,7 +430,7 @@ def _set_numerics(config: TrainConfig) -> str:
 
 
 def _fit_to_data(config: TrainConfig, n_train: int, saved_resolved: dict):
-    """The run-length rules (batch size and learning rate of a long run, the
+    """The run-length rules (batch size and learning rate of a run long enough for the larger batch, the
     dropout of a short one, the minimum number of steps, no translation
     below the recipe's number of epochs) applied to ``n_train`` images;
     resuming, what the first start resolved.
