@@ -298,7 +298,8 @@ def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainCo
     batch_before_min_steps = config.batch_size
     # A run long enough for the larger batch has its own minimum (long_run_steps): neither the short-run
     # dropout nor the min-steps halving applies to it.
-    short = not long and is_short_run(config.batch_size, train_images, config.epochs, config.min_steps)
+    min_steps = 0 if long else config.min_steps
+    short = is_short_run(config.batch_size, train_images, config.epochs, min_steps)
     if short and config.short_run_dropout is not None and config.dropout != config.short_run_dropout:
         notes.append(f"dropout {config.short_run_dropout:g} (not {config.dropout:g}): a run of fewer than "
                      f"{config.min_steps} steps at batch {config.batch_size} underfits, and dropout only slows it; "
@@ -309,8 +310,7 @@ def run_length_rules(config: "TrainConfig", train_images: int) -> tuple["TrainCo
         notes.append(f"augmentation: random flip only (no translation): a run of {most} epoch{'' if most == 1 else 's'} "
                      f"or fewer underfits, and the translation only slows it; --translate F keeps F")
         config = config.replace(translate=0.0)
-    batch = config.batch_size if long else auto_batch_size(config.batch_size, train_images, config.epochs,
-                                                           config.min_steps)
+    batch = auto_batch_size(config.batch_size, train_images, config.epochs, min_steps)
     if batch != config.batch_size:
         steps = int(config.epochs) * max(1, -(-int(train_images) // int(config.batch_size)))
         notes.append(f"batch size {batch} (not {config.batch_size}): {train_images} images x {config.epochs} "

@@ -223,7 +223,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                 # (README, "Benchmarks"; 6-13% fewer on the AMD EPYC,
                 # benchmarks/bench_batch_speed.py), so batch 64's extra steps
                 # per epoch do not pay per second there: CIFAR-10, flip only,
-                # batch 128 5 epochs 81.30% held-out in 494 s (Intel Xeon)
+                # batch 128 5 epochs 81.30% held-out in 487 s (Intel Xeon)
                 # against batch 64 4 epochs 80.82-81.22% in 487-496 s (the
                 # same CPU type, a day before), and 30 epochs 87.50% (88.68%
                 # flip TTA) against batch 64's 87.24% (88.48%). lr 0.08 at
